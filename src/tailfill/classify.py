@@ -1,0 +1,276 @@
+"""Long-tail classifier training: a timm backbone, a head, and the honest baselines.
+
+A *method* is a loss plus a sampler (see ``METHODS``):
+
+=====================  ==============================================================
+ce                     cross-entropy, natural sampling
+balanced_sampling      cross-entropy, class-balanced re-sampling
+sqrt_sampling          cross-entropy, square-root re-sampling
+focal                  focal loss (gamma 2)
+cb_focal               class-balanced focal loss (Cui et al. 2019, beta 0.999)
+ldam_drw               LDAM margins + deferred re-weighting (Cao et al. 2019), cosine head
+logit_adjust           logit-adjusted loss, tau 1 (Menon et al. 2021)
+balanced_softmax       balanced softmax (Ren et al. 2020); the same loss as logit_adjust at tau 1
+logit_adjust_posthoc   cross-entropy, then logits - log(prior) at prediction
+=====================  ==============================================================
+
+Class priors always come from the *training set actually used* (real + synthetic), so a loss
+that corrects for imbalance corrects for the imbalance that is really there.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .io import load_tensors, read_json, save_tensors, write_json
+
+log = logging.getLogger(__name__)
+
+METHODS = {
+    "ce": {"loss": "ce", "sampler": "natural"},
+    "balanced_sampling": {"loss": "ce", "sampler": "balanced"},
+    "sqrt_sampling": {"loss": "ce", "sampler": "sqrt"},
+    "focal": {"loss": "focal", "sampler": "natural"},
+    "cb_focal": {"loss": "cb_focal", "sampler": "natural"},
+    "ldam_drw": {"loss": "ldam", "sampler": "natural", "head": "cosine", "drw": True},
+    "logit_adjust": {"loss": "logit_adjust", "sampler": "natural"},
+    "balanced_softmax": {"loss": "logit_adjust", "sampler": "natural"},
+    "logit_adjust_posthoc": {"loss": "ce", "sampler": "natural", "posthoc": True},
+}
+
+
+class CosineHead(nn.Module):
+    """Linear head on L2-normalised features and weights (LDAM's NormedLinear)."""
+
+    def __init__(self, in_features: int, num_classes: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_classes, in_features).uniform_(-1, 1))
+
+    def forward(self, x):
+        return F.normalize(x, dim=1) @ F.normalize(self.weight, dim=1).t()
+
+
+class Classifier(nn.Module):
+    """timm backbone (features) + head (logits). ``features`` feeds the OOD selector."""
+
+    def __init__(self, backbone: str, num_classes: int, head: str = "linear", pretrained: bool = False):
+        super().__init__()
+        import timm
+
+        try:
+            self.backbone = timm.create_model(backbone, pretrained=pretrained, num_classes=0)
+        except RuntimeError as e:
+            raise RuntimeError(f"cannot build backbone {backbone!r} (pretrained={pretrained}): {e}. "
+                               "Pretrained weights must already be in the local Hugging Face / torch cache; "
+                               "set classifier.pretrained=false to train from scratch.") from None
+        dim = self.backbone.num_features
+        self.head = CosineHead(dim, num_classes) if head == "cosine" else nn.Linear(dim, num_classes)
+
+    def features(self, x):
+        return self.backbone(x)
+
+    def forward(self, x):
+        return self.head(self.backbone(x))
+
+
+def normalize(images_u8: torch.Tensor) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float in [-1, 1]."""
+    return images_u8.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Per-sample flips, 90-degree turns, shift (reflect pad + crop) and brightness on a float batch."""
+    n, _, h, w = x.shape
+    flip = torch.rand(n, generator=gen) < 0.5
+    x = torch.where(flip.view(-1, 1, 1, 1).to(x.device), x.flip(3), x)
+    k = int(torch.randint(4, (1,), generator=gen))
+    x = torch.rot90(x, k, (2, 3))
+    pad = max(1, h // 8)
+    xp = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    dy, dx = torch.randint(0, 2 * pad + 1, (2,), generator=gen).tolist()
+    x = xp[:, :, dy:dy + h, dx:dx + w]
+    scale = 1 + 0.1 * (torch.rand(n, 1, 1, 1, generator=gen) - 0.5).to(x.device)
+    return (x + 1) * scale - 1
+
+
+def class_weights_cb(counts: np.ndarray, beta: float) -> torch.Tensor:
+    eff = (1 - beta ** counts) / (1 - beta)
+    w = 1.0 / np.maximum(eff, 1e-12)
+    return torch.tensor(w / w.sum() * len(counts), dtype=torch.float32)
+
+
+class LongTailLoss(nn.Module):
+    """All the losses of ``METHODS`` behind one call: ``loss(logits, targets, epoch_fraction)``."""
+
+    def __init__(self, kind: str, counts: np.ndarray, drw: bool = False):
+        super().__init__()
+        self.kind, self.drw = kind, drw
+        counts = np.maximum(np.asarray(counts, dtype=np.float64), 1)
+        self.register_buffer("log_prior", torch.tensor(np.log(counts / counts.sum()), dtype=torch.float32))
+        self.register_buffer("cb_weights", class_weights_cb(counts, 0.999))
+        self.register_buffer("drw_weights", class_weights_cb(counts, 0.9999))
+        m = 1.0 / counts ** 0.25
+        self.register_buffer("margins", torch.tensor(m * (0.5 / m.max()), dtype=torch.float32))
+
+    def forward(self, logits, y, progress: float = 0.0):
+        if self.kind == "ce":
+            return F.cross_entropy(logits, y)
+        if self.kind == "logit_adjust":
+            return F.cross_entropy(logits + self.log_prior, y)
+        if self.kind in ("focal", "cb_focal"):
+            gamma = 2.0 if self.kind == "focal" else 1.0
+            logp = F.log_softmax(logits, 1).gather(1, y[:, None]).squeeze(1)
+            loss = -((1 - logp.exp()) ** gamma) * logp
+            if self.kind == "cb_focal":
+                loss = loss * self.cb_weights[y]
+            return loss.mean()
+        if self.kind == "ldam":
+            s = 30.0  # logits are cosines in [-1, 1]: scale them
+            adjusted = logits - F.one_hot(y, logits.shape[1]) * self.margins[None, :]
+            weight = self.drw_weights if (self.drw and progress >= 0.75) else None  # deferred re-weighting
+            return F.cross_entropy(s * adjusted, y, weight=weight)
+        raise ValueError(f"unknown loss {self.kind!r}")
+
+
+def sampling_probabilities(labels: np.ndarray, sampler: str) -> np.ndarray | None:
+    if sampler == "natural":
+        return None
+    counts = np.bincount(labels).astype(np.float64)
+    power = {"balanced": 0.0, "sqrt": 0.5}[sampler]
+    p = counts[labels] ** (power - 1.0)
+    return p / p.sum()
+
+
+@dataclass
+class TrainedClassifier:
+    model: Classifier
+    classes: list
+    method: str
+    log_prior: np.ndarray
+    history: list
+
+    @torch.no_grad()
+    def logits(self, images_u8: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        self.model.eval()
+        device = next(self.model.parameters()).device
+        out = []
+        for i in range(0, len(images_u8), batch_size):
+            x = normalize(torch.as_tensor(np.asarray(images_u8[i:i + batch_size])).to(device))
+            z = self.model(x).float()
+            if METHODS[self.method].get("head") == "cosine":
+                z = 30.0 * z
+            out.append(z.cpu())
+        z = torch.cat(out).numpy() if out else np.zeros((0, len(self.classes)), np.float32)
+        if METHODS[self.method].get("posthoc"):
+            z = z - self.log_prior[None, :]
+        return z
+
+    def predict_proba(self, images_u8: np.ndarray) -> np.ndarray:
+        z = self.logits(images_u8)
+        z = z - z.max(axis=1, keepdims=True)
+        p = np.exp(z)
+        return p / p.sum(axis=1, keepdims=True)
+
+    @torch.no_grad()
+    def features(self, images_u8: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        self.model.eval()
+        device = next(self.model.parameters()).device
+        feats = [self.model.features(normalize(torch.as_tensor(np.asarray(images_u8[i:i + batch_size])).to(device)))
+                 .float().cpu() for i in range(0, len(images_u8), batch_size)]
+        return torch.cat(feats).numpy() if feats else np.zeros((0, self.model.backbone.num_features), np.float32)
+
+    def save(self, out_dir: str | Path, backbone: str) -> None:
+        out_dir = Path(out_dir)
+        save_tensors(out_dir / "model.safetensors", self.model.state_dict())
+        write_json(out_dir / "model.json", {"backbone": backbone, "classes": self.classes, "method": self.method,
+                                             "log_prior": self.log_prior.tolist(), "history": self.history})
+
+    @classmethod
+    def load(cls, out_dir: str | Path, device: str = "cpu") -> "TrainedClassifier":
+        out_dir = Path(out_dir)
+        info = read_json(out_dir / "model.json")
+        model = Classifier(info["backbone"], len(info["classes"]), METHODS[info["method"]].get("head", "linear"))
+        model.load_state_dict(load_tensors(out_dir / "model.safetensors"))
+        return cls(model.to(device).eval(), info["classes"], info["method"], np.asarray(info["log_prior"]),
+                   info["history"])
+
+
+def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
+    recalls = [np.mean(y_pred[y_true == c] == c) for c in range(num_classes) if np.any(y_true == c)]
+    return float(np.mean(recalls)) if recalls else float("nan")
+
+
+def train_classifier(train_images: np.ndarray, train_labels: np.ndarray, val_images: np.ndarray,
+                     val_labels: np.ndarray, classes: list, method: str, cfg, seed: int = 0,
+                     device: str = "auto") -> TrainedClassifier:
+    """Train with ``method`` and keep the epoch with the best *validation* balanced accuracy."""
+    from accelerate import Accelerator
+
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    spec = METHODS[method]
+    num_classes = len(classes)
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=(device == "cpu"))
+    counts = np.bincount(train_labels, minlength=num_classes)
+    if (counts == 0).any():
+        empty = [classes[i] for i in np.flatnonzero(counts == 0)]
+        raise ValueError(f"no training images for class(es) {', '.join(empty)}")
+    torch.manual_seed(seed)
+    model = Classifier(cfg.backbone, num_classes, spec.get("head", "linear"), cfg.pretrained)
+    criterion = LongTailLoss(spec["loss"], counts, spec.get("drw", False)).to(accelerator.device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = max(1, math.ceil(len(train_labels) / cfg.batch_size / accelerator.num_processes))
+    total = cfg.epochs * steps_per_epoch
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.15)
+    model, opt = accelerator.prepare(model, opt)
+    probs = sampling_probabilities(train_labels, spec["sampler"])
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    images_t = torch.as_tensor(train_images)
+    labels_t = torch.as_tensor(train_labels, dtype=torch.long)
+    log_prior = np.log(counts / counts.sum())
+    result = TrainedClassifier(accelerator.unwrap_model(model), list(classes), method, log_prior, [])
+    best, best_state = -1.0, None
+    for epoch in range(cfg.epochs):
+        model.train()
+        t0 = time.time()
+        order = rng.choice(len(train_labels), size=len(train_labels), p=probs) if probs is not None \
+            else rng.permutation(len(train_labels))
+        # under `accelerate launch` each process takes its share of the epoch (same seed -> disjoint shares)
+        order = order[accelerator.process_index::accelerator.num_processes]
+        losses = []
+        for i in range(steps_per_epoch):
+            idx = torch.as_tensor(order[i * cfg.batch_size:(i + 1) * cfg.batch_size])
+            if len(idx) < 2:
+                continue
+            x = augment(normalize(images_t[idx]), gen).to(accelerator.device)
+            y = labels_t[idx].to(accelerator.device)
+            with accelerator.autocast():
+                loss = criterion(model(x).float(), y, epoch / cfg.epochs)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"classifier loss became {loss.item()} in epoch {epoch} ({method}); "
+                                         "lower classifier.lr")
+            opt.zero_grad(set_to_none=True)
+            accelerator.backward(loss)
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+        val_pred = result.logits(val_images).argmax(1)
+        val_bacc = balanced_accuracy(val_labels, val_pred, num_classes)
+        result.history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_balanced_accuracy": val_bacc,
+                               "seconds": time.time() - t0})
+        log.debug("%s epoch %d loss %.4f val bacc %.3f", method, epoch + 1, np.mean(losses), val_bacc)
+        if val_bacc > best:
+            best, best_state = val_bacc, copy.deepcopy(result.model.state_dict())
+    result.model.load_state_dict(best_state)
+    result.model.eval()
+    return result

@@ -1,0 +1,169 @@
+"""The ``tailfill`` command: ``tailfill run`` for everything, or one stage at a time."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+
+log = logging.getLogger("tailfill")
+
+
+def _setup_logging(run_dir: Path | None, verbose: bool) -> None:
+    handlers = [logging.StreamHandler(sys.stderr)]
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(run_dir / "log.txt", encoding="utf-8"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=handlers, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("PIL", "matplotlib", "accelerate", "diffusers", "timm", "urllib3", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _load(args):
+    from .config import load_config
+
+    cfg = load_config(args.config, args.set)
+    if args.run_dir:
+        cfg.run_dir = args.run_dir
+    return cfg
+
+
+def final_table(run) -> str:
+    """The closing text of ``tailfill run``: results per model and per-class gains."""
+    import pandas as pd
+
+    from .io import read_json
+    from .report import gains_table, summary_table
+
+    summary = read_json(run.dir / "results" / "summary.json")
+    classes = run.data["classes"]
+    text = [summary_table(summary, classes).to_string(index=False)]
+    aug = [m for m in summary if m.startswith("augmented:")]
+    if aug:
+        results = pd.read_csv(run.dir / "results" / "results.csv")
+        base = "baseline:" + aug[0].split(":", 1)[1]
+        text += ["", f"per-class recall, {base} -> {aug[0]}:",
+                 gains_table(results, base, aug[0], classes).to_string(index=False, float_format="%.3f")]
+    return "\n".join(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .pipeline import STAGES
+
+    parser = argparse.ArgumentParser(prog="tailfill", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"tailfill {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p, config=True):
+        if config:
+            p.add_argument("--config", help="YAML config (defaults: the embedded CPU demo)")
+            p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                           help="override a config value, e.g. --set diffusion.train_steps=500 (repeatable)")
+        p.add_argument("--run-dir", help="run directory (default: run_dir from the config)")
+        p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override the config's device")
+        p.add_argument("-v", "--verbose", action="store_true")
+        p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    p = sub.add_parser("run", help="run every stage (the demo when no --config is given)")
+    common(p)
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --run-dir")
+    p.add_argument("--overwrite", action="store_true", help="delete --run-dir and start again")
+    p.add_argument("--stages", help=f"comma-separated subset of: {','.join(STAGES)}")
+    for stage in STAGES:
+        p = sub.add_parser(stage, help=f"run only the {stage} stage in a run directory")
+        common(p)
+        p.add_argument("--force", action="store_true", help="run it again even if it is marked done")
+    p = sub.add_parser("demo-data", help="write the demo dataset (ISIC 2019 layout) to a folder")
+    p.add_argument("out")
+    p.add_argument("--images", type=int, default=900)
+    p.add_argument("--imbalance", type=float, default=25.0)
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--debug", action="store_true")
+    p = sub.add_parser("show-config", help="print the full configuration (defaults + --config + --set) as YAML")
+    p.add_argument("--config")
+    p.add_argument("--set", action="append", default=[])
+    p.add_argument("--debug", action="store_true")
+    args = parser.parse_args(argv)
+
+    try:
+        return _dispatch(args)
+    except KeyboardInterrupt:
+        print("interrupted; resume with `tailfill run --resume --run-dir ...`", file=sys.stderr)
+        return 130
+    except Exception as e:  # one clear line for the user; --debug for the traceback
+        from .pipeline import RunDirError
+        from .data import DataError, ImageError
+        from .diffusion import TrainingDivergedError
+
+        if args.debug or not isinstance(e, (RunDirError, DataError, ImageError, TrainingDivergedError, ValueError,
+                                            FileNotFoundError, FloatingPointError, RuntimeError)):
+            raise
+        print(f"tailfill: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args) -> int:
+    from .pipeline import STAGES, Run, run_all, run_stage
+
+    if args.command == "demo-data":
+        from .data import make_demo_dataset
+
+        path = make_demo_dataset(args.out, args.images, args.imbalance, args.size, args.seed)
+        print(f"demo dataset written to {path}")
+        return 0
+    if args.command == "show-config":
+        from .config import load_config
+
+        print(load_config(args.config, args.set).to_yaml(), end="")
+        return 0
+
+    if args.command == "run":
+        cfg = _load(args)
+        if args.device:
+            cfg.device = args.device
+        run = Run(cfg)
+        run.initialise(resume=args.resume, overwrite=args.overwrite)
+        _setup_logging(run.dir, args.verbose)
+        stages = args.stages.split(",") if args.stages else STAGES
+        unknown = [s for s in stages if s not in STAGES]
+        if unknown:
+            raise ValueError(f"unknown stage(s) {', '.join(unknown)}; known: {', '.join(STAGES)}")
+        t0 = time.time()
+        run_all(run, stages)
+        from .pipeline import _dist
+
+        if _dist()[0] == 0 and run.is_done("evaluate"):
+            print(final_table(run))
+            print(f"\nrun finished in {time.time() - t0:.0f} s; report: {run.dir / 'report' / 'report.md'}")
+        return 0
+
+    # a single stage: an existing run directory, or a new one for `prepare`
+    run_dir = Path(args.run_dir) if args.run_dir else None
+    if run_dir is not None and (run_dir / "config.yaml").is_file() and not args.config and not args.set:
+        run = Run.open(run_dir)
+    elif args.command == "prepare":
+        run = Run(_load(args))
+        run.initialise(resume=True)
+    else:
+        if run_dir is None:
+            raise ValueError(f"`tailfill {args.command}` needs --run-dir of a run started with `tailfill prepare`")
+        run = Run.open(run_dir)
+    if args.device:
+        run.cfg.device = args.device
+        from .pipeline import resolve_device
+
+        run.device = resolve_device(args.device)
+    _setup_logging(run.dir, args.verbose)
+    run_stage(run, args.command, force=args.force)
+    if args.command == "report":
+        print(final_table(run))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""Run configuration: nested dataclasses loaded from YAML, strict about unknown keys.
+
+The defaults *are* the demo: ``tailfill run`` with no config draws a small synthetic
+long-tailed dermoscopy-like set and runs every stage at 32 px on a CPU in minutes.
+A YAML file overrides any subset, e.g. ``configs/isic2019.yaml``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+
+@dataclass
+class DataConfig:
+    kind: str = "demo"                 # demo | isic2019 | folder | csv
+    root: Optional[str] = None         # dataset root (demo: where to draw it; default <run_dir>/demo_data)
+    csv: Optional[str] = None          # kind=csv: CSV with columns image,label[,lesion_id]
+    image_size: int = 32               # side of the cached square images every stage works on
+    val_fraction: float = 0.15         # held-out real images: model selection and OOD calibration
+    test_fraction: float = 0.2
+    imbalance_ratio: Optional[float] = None  # make the *training* split long-tailed (head/tail), None: keep as is
+    max_per_class: Optional[int] = None      # cap images per class before splitting (quick experiments)
+    on_bad_image: str = "error"        # error | skip: a missing or unreadable image
+    masks_dir: Optional[str] = None    # user lesion masks (<image>.png or <image>_segmentation.png)
+    cache_dir: Optional[str] = None    # default <run_dir>/cache
+    workers: int = 2                   # threads decoding images for the cache
+    demo_images: int = 900             # demo only: total images drawn
+    demo_imbalance: float = 25.0       # demo only: largest/smallest class
+
+
+@dataclass
+class DiffusionConfig:
+    block_out_channels: list = field(default_factory=lambda: [32, 64, 64])
+    layers_per_block: int = 1
+    attention: bool = False            # self-attention in the lowest-resolution blocks
+    train_steps: int = 1500
+    batch_size: int = 32
+    lr: float = 3e-4
+    ema_decay: float = 0.995
+    cond_drop_prob: float = 0.1        # label dropout that trains the null class for guidance
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "squaredcos_cap_v2"
+    lesion_mask_prob: float = 0.8      # share of training masks that cover the lesion (rest: random shapes)
+    mask_loss_weight: float = 4.0      # extra loss weight inside the mask, where the class must show
+    class_sampling_power: float = 0.5  # draw class c with p ~ n_c**power: 1 natural, 0 balanced, 0.5 between
+    checkpoint_every: int = 250
+    mixed_precision: str = "no"        # no | fp16 | bf16 (GPU only)
+    log_every: int = 100
+
+
+@dataclass
+class GenerateConfig:
+    classes: Union[str, list] = "tail"  # "tail" (below the median count), "all", or a list of class names
+    target: Union[str, int] = "median"  # fill each chosen class up to this many training images ("median"|"max"|int)
+    oversample: float = 2.0            # draw this many times the deficit so selection has a choice
+    sampler: str = "dpmsolver++"       # ddpm | ddim | dpmsolver++
+    steps: int = 20
+    guidance_scale: float = 2.0
+    mask_source: str = "auto"          # auto (segment the context's lesion) | user | random
+    context_classes: Union[str, list] = "all"  # which real training images give the skin context
+    mask_dilation: int = 2             # grow lesion masks so the old lesion's rim is replaced too
+    batch_size: int = 64
+    shard_size: int = 64               # images per shard; finished shards are skipped on resume
+    seed: int = 1234
+    use_ema: bool = True
+
+
+@dataclass
+class SelectConfig:
+    method: str = "mahalanobis"        # mahalanobis | knn | none
+    k: int = 5                         # knn: neighbours
+    real_quantile: float = 0.95        # threshold = this quantile of held-out real scores of the class
+    keep_fraction: float = 1.0         # then keep at most this fraction of each class's best scores
+    near_duplicate_similarity: float = 0.985  # cosine similarity to a training image above which a sample is a copy
+    feature_method: Optional[str] = None  # which baseline's classifier gives the features (default: first method)
+
+
+@dataclass
+class ClassifierConfig:
+    backbone: str = "resnet18"         # any timm model name, or a tailfill_* small model
+    pretrained: bool = False           # True only when timm weights are available locally
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 5e-4
+    methods: list = field(default_factory=lambda: ["ce", "balanced_sampling", "logit_adjust"])
+    augmented_method: str = "best"    # which method trains on real+synthetic; "best" = best baseline on val
+    seeds: list = field(default_factory=lambda: [0])
+    synthetic_max_ratio: Optional[float] = None  # cap synthetic images per class at ratio x real (None: no cap)
+    mixed_precision: str = "no"
+
+
+@dataclass
+class Config:
+    run_dir: str = "runs/demo"
+    seed: int = 0
+    device: str = "auto"               # auto | cpu | cuda
+    data: DataConfig = field(default_factory=DataConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _build(cls, values: dict, where: str):
+    if not isinstance(values, dict):
+        raise ValueError(f"config section {where or 'top level'} must be a mapping, got {type(values).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown config key(s) {', '.join(where + k for k in unknown)}; "
+                         f"known: {', '.join(sorted(fields))}")
+    kwargs = {}
+    for name, value in values.items():
+        default = getattr(cls(), name)
+        if dataclasses.is_dataclass(default):
+            kwargs[name] = _build(type(default), value or {}, f"{where}{name}.")
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def config_from_dict(values: dict | None) -> Config:
+    cfg = _build(Config, values or {}, "")
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config over the defaults; ``overrides`` are ``a.b=value`` strings (YAML values)."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        try:
+            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"{path}: not valid YAML: {e}") from None
+    for item in overrides or []:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like section.key=value")
+        key, raw = item.split("=", 1)
+        node = values
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = yaml.safe_load(raw)
+    return config_from_dict(values)
+
+
+def validate(cfg: Config) -> None:
+    def check(cond: bool, msg: str):
+        if not cond:
+            raise ValueError(f"invalid config: {msg}")
+
+    check(cfg.data.kind in {"demo", "isic2019", "folder", "csv"}, f"data.kind={cfg.data.kind!r}")
+    check(cfg.data.kind == "demo" or cfg.data.root or cfg.data.csv, "data.root is required for real data")
+    check(cfg.data.image_size >= 8 and cfg.data.image_size % 8 == 0, "data.image_size must be a multiple of 8")
+    check(0 < cfg.data.val_fraction < 0.5 and 0 < cfg.data.test_fraction < 0.5, "split fractions in (0, 0.5)")
+    check(cfg.data.on_bad_image in {"error", "skip"}, "data.on_bad_image is error or skip")
+    check(cfg.generate.sampler in {"ddpm", "ddim", "dpmsolver++"}, f"generate.sampler={cfg.generate.sampler!r}")
+    check(cfg.generate.mask_source in {"auto", "user", "random"}, "generate.mask_source is auto, user or random")
+    check(cfg.generate.mask_source != "user" or cfg.data.masks_dir, "mask_source=user needs data.masks_dir")
+    check(cfg.select.method in {"mahalanobis", "knn", "none"}, f"select.method={cfg.select.method!r}")
+    check(0 < cfg.select.keep_fraction <= 1, "select.keep_fraction in (0, 1]")
+    check(0 < cfg.select.real_quantile <= 1, "select.real_quantile in (0, 1]")
+    check(len(cfg.classifier.seeds) > 0, "classifier.seeds must not be empty")
+    check(len(cfg.classifier.methods) > 0, "classifier.methods must not be empty")
+    from .classify import METHODS
+
+    for m in cfg.classifier.methods + ([] if cfg.classifier.augmented_method == "best" else [cfg.classifier.augmented_method]):
+        check(m in METHODS, f"unknown classifier method {m!r}; known: {', '.join(METHODS)}")
+    check(cfg.diffusion.train_steps > 0 and cfg.diffusion.batch_size > 0, "diffusion steps and batch size > 0")

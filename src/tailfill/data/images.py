@@ -1,0 +1,47 @@
+"""Decode one image file into a square uint8 RGB array, whatever its mode or size."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+
+class ImageError(ValueError):
+    """An image file is missing, corrupt or unreadable; the message names the file."""
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16-bit / float greyscale: stretch the real range to 8 bits instead of clipping at 255
+        a = np.asarray(img, dtype=np.float64)
+        lo, hi = np.nanmin(a), np.nanmax(a)
+        a = (a - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(a)
+        img = Image.fromarray(a.astype(np.uint8), mode="L")
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, img)
+    return img.convert("RGB")
+
+
+def read_image(path: str | Path, size: int | None = None) -> np.ndarray:
+    """Read ``path`` as an (H, W, 3) uint8 array; with ``size``, resize and centre-crop to size x size.
+
+    Raises ImageError naming the file for a missing, truncated or non-image file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as img:
+            if size is not None and img.format == "JPEG":
+                img.draft("RGB", (2 * size, 2 * size))  # decode big JPEGs at reduced scale: much faster
+            img = ImageOps.exif_transpose(img)
+            img.load()
+            img = _to_rgb(img)
+            if size is not None:
+                img = ImageOps.fit(img, (size, size), Image.Resampling.BICUBIC)
+            return np.asarray(img, dtype=np.uint8).copy()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"cannot read image {path}: {e}") from None

@@ -1,0 +1,63 @@
+"""Evaluation: the ISIC metric (balanced multiclass accuracy), per-class scores, intervals, submissions."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+from sklearn.metrics import confusion_matrix, roc_auc_score
+
+
+def classification_metrics(y_true: np.ndarray, proba: np.ndarray, classes: list) -> dict:
+    """Balanced accuracy (mean per-class recall, ISIC 2019's official metric) and per-class scores."""
+    y_true = np.asarray(y_true)
+    pred = proba.argmax(axis=1)
+    k = len(classes)
+    cm = confusion_matrix(y_true, pred, labels=list(range(k)))
+    per_class = {}
+    for c, name in enumerate(classes):
+        tp, support, predicted = cm[c, c], cm[c].sum(), cm[:, c].sum()
+        recall = tp / support if support else float("nan")
+        precision = tp / predicted if predicted else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if support and (precision + recall) else 0.0
+        binary = y_true == c
+        auc = roc_auc_score(binary, proba[:, c]) if 0 < binary.sum() < len(binary) else float("nan")
+        per_class[name] = {"recall": float(recall), "precision": float(precision), "f1": float(f1),
+                           "auc": float(auc), "support": int(support)}
+    recalls = [v["recall"] for v in per_class.values() if v["support"]]
+    return {"balanced_accuracy": float(np.mean(recalls)), "accuracy": float(np.mean(pred == y_true)),
+            "macro_f1": float(np.mean([v["f1"] for v in per_class.values() if v["support"]])),
+            "per_class": per_class, "confusion_matrix": cm.tolist()}
+
+
+def mean_ci(values, confidence: float = 0.95) -> tuple[float, float, float]:
+    """Mean and a Student-t confidence interval over seeds: (mean, low, high); one seed gives (v, nan, nan)."""
+    v = np.asarray([x for x in values if np.isfinite(x)], dtype=float)
+    if len(v) == 0:
+        return float("nan"), float("nan"), float("nan")
+    if len(v) == 1:
+        return float(v[0]), float("nan"), float("nan")
+    half = stats.t.ppf((1 + confidence) / 2, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
+    return float(v.mean()), float(v.mean() - half), float(v.mean() + half)
+
+
+def bootstrap_ci(y_true: np.ndarray, proba: np.ndarray, n_boot: int = 1000, seed: int = 0,
+                 confidence: float = 0.95) -> tuple[float, float]:
+    """Bootstrap interval of balanced accuracy over test images (stratified by class)."""
+    rng = np.random.default_rng(seed)
+    pred = proba.argmax(axis=1)
+    by_class = [np.flatnonzero(y_true == c) for c in np.unique(y_true)]
+    values = []
+    for _ in range(n_boot):
+        values.append(np.mean([np.mean(pred[idx] == y_true[idx][0])
+                               for idx in (rng.choice(ix, len(ix)) for ix in by_class)]))
+    lo, hi = np.quantile(values, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return float(lo), float(hi)
+
+
+def submission_frame(image_ids, proba: np.ndarray, classes: list, output_classes: list) -> pd.DataFrame:
+    """Predictions in ISIC submission format: ``image`` then one probability column per official class
+    (classes the model never saw, like UNK, get 0)."""
+    frame = pd.DataFrame({"image": list(image_ids)})
+    for name in output_classes:
+        frame[name] = proba[:, classes.index(name)] if name in classes else 0.0
+    return frame

@@ -1,0 +1,153 @@
+"""Generation: inpaint new lesions of chosen classes into real skin contexts, with provenance.
+
+The work is a *plan* (one row per image to make: class, context image, mask source, seed),
+fixed before any sampling and cut into shards. Each shard's images and manifest part are written
+atomically, so an interrupted run resumes by skipping finished shards, and several processes
+(``accelerate launch``) share the shards between them.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from .diffusion import inpaint, load_inpainter, make_scheduler, to_model_range, to_uint8
+from .io import atomic_path, write_csv
+from .masks import load_user_mask, random_shape_mask
+from scipy import ndimage
+
+log = logging.getLogger(__name__)
+
+
+def choose_classes(counts: np.ndarray, classes: list, spec) -> list[int]:
+    """Class indices to generate: "tail" (below the median training count), "all", or names."""
+    if spec == "tail":
+        return [c for c in range(len(classes)) if counts[c] < np.median(counts)]
+    if spec == "all":
+        return list(range(len(classes)))
+    unknown = [n for n in spec if n not in classes]
+    if unknown:
+        raise ValueError(f"generate.classes: unknown class(es) {', '.join(unknown)}; known: {', '.join(classes)}")
+    return [classes.index(n) for n in spec]
+
+
+def fill_targets(counts: np.ndarray, chosen: list[int], target) -> dict[int, int]:
+    """How many synthetic images each chosen class needs to reach ``target`` training images."""
+    goal = {"median": int(np.median(counts)), "max": int(counts.max())}.get(target, target)
+    if not isinstance(goal, (int, np.integer)) or goal <= 0:
+        raise ValueError(f"generate.target must be median, max or a positive integer, got {target!r}")
+    return {c: int(goal - counts[c]) for c in chosen if goal > counts[c]}
+
+
+def make_plan(train_frame: pd.DataFrame, classes: list, deficits: dict[int, int], cfg) -> pd.DataFrame:
+    """One row per image to generate; deterministic in ``cfg.seed``."""
+    rng = np.random.default_rng(cfg.seed)
+    labels = train_frame["label"].to_numpy()
+    if cfg.context_classes == "all":
+        pool = np.arange(len(train_frame))
+    else:
+        unknown = [n for n in cfg.context_classes if n not in classes]
+        if unknown:
+            raise ValueError(f"generate.context_classes: unknown class(es) {', '.join(unknown)}")
+        pool = np.flatnonzero(np.isin(labels, [classes.index(n) for n in cfg.context_classes]))
+    if len(pool) == 0:
+        raise ValueError("generate: no training images to use as skin context")
+    rows = []
+    for c, deficit in sorted(deficits.items()):
+        n = int(math.ceil(deficit * cfg.oversample))
+        for i in range(n):
+            ctx = int(rng.choice(pool))
+            rows.append({"file": f"images/{classes[c]}/syn_{classes[c]}_{i:05d}.png",
+                         "mask_file": f"masks/{classes[c]}/syn_{classes[c]}_{i:05d}.png",
+                         "class": classes[c], "label": c, "context_index": ctx,
+                         "source_image": train_frame["image"].iloc[ctx], "source_class": classes[labels[ctx]],
+                         "mask_source": cfg.mask_source, "seed": int(rng.integers(2**31))})
+    return pd.DataFrame(rows)
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def _save_png(path: Path, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")
+
+
+def generate(plan: pd.DataFrame, context_images: np.ndarray, context_masks: np.ndarray | None, ckpt_dir: Path,
+             out_dir: Path, cfg, masks_dir: str | None = None, device: str = "cpu", rank: int = 0,
+             world: int = 1) -> pd.DataFrame:
+    """Make every planned image not made yet; returns the full manifest once all shards exist.
+
+    ``context_masks``: lesion masks of the context images (mask_source=auto). Shards are
+    ``out_dir/shards/shard_NNNNN.csv``; shard k belongs to process ``k % world``.
+    """
+    out_dir = Path(out_dir)
+    unet, sched_config = load_inpainter(ckpt_dir, cfg.use_ema, device)
+    scheduler = make_scheduler(cfg.sampler, sched_config)
+    weights = ckpt_dir / ("unet_ema" if cfg.use_ema else "unet") / "diffusion_pytorch_model.safetensors"
+    provenance = {"sampler": cfg.sampler, "steps": cfg.steps, "guidance_scale": cfg.guidance_scale,
+                  "checkpoint": str(weights.relative_to(out_dir.parent)) if out_dir.parent in weights.parents
+                  else str(weights), "weights_sha256": _file_digest(weights)}
+    size = context_images.shape[1]
+    n_shards = math.ceil(len(plan) / cfg.shard_size)
+    for k in range(rank, n_shards, world):
+        shard_csv = out_dir / "shards" / f"shard_{k:05d}.csv"
+        if shard_csv.is_file():
+            continue
+        t0 = time.time()
+        part = plan.iloc[k * cfg.shard_size:(k + 1) * cfg.shard_size].reset_index(drop=True)
+        masks = []
+        for row in part.itertuples():
+            if row.mask_source == "auto":
+                m = context_masks[row.context_index]
+                m = ndimage.binary_dilation(m > 0.5, iterations=cfg.mask_dilation) if cfg.mask_dilation else m > 0.5
+            elif row.mask_source == "user":
+                m = load_user_mask(masks_dir, row.source_image, size)
+            else:
+                m = random_shape_mask(size, np.random.default_rng(row.seed))
+            masks.append(np.asarray(m, dtype=np.float32))
+        masks = np.stack(masks)
+        outputs = []
+        for b in range(0, len(part), cfg.batch_size):
+            rows = part.iloc[b:b + cfg.batch_size]
+            images = to_model_range(context_images[rows["context_index"].to_numpy()])
+            noise = torch.stack([torch.randn(images.shape[1:], generator=torch.Generator().manual_seed(int(s)))
+                                 for s in rows["seed"]])
+            gen = torch.Generator().manual_seed(int(rows["seed"].iloc[0]))
+            out = inpaint(unet, scheduler, images, torch.from_numpy(masks[b:b + len(rows)])[:, None],
+                          torch.as_tensor(rows["label"].to_numpy(dtype=np.int64).copy()), cfg.guidance_scale, cfg.steps, gen, noise)
+            outputs.append(to_uint8(out))
+        outputs = np.concatenate(outputs)
+        for row, img, m in zip(part.itertuples(), outputs, masks):
+            _save_png(out_dir / row.file, img)
+            _save_png(out_dir / row.mask_file, (m * 255).astype(np.uint8))
+        part = part.assign(**provenance)
+        write_csv(shard_csv, part)  # last: marks the shard done
+        log.info("generate: shard %d/%d (%d images, %.1f s)", k + 1, n_shards, len(part), time.time() - t0)
+    parts = [out_dir / "shards" / f"shard_{k:05d}.csv" for k in range(n_shards)]
+    if not all(p.is_file() for p in parts):
+        return pd.DataFrame()  # other processes still working
+    manifest = pd.concat([pd.read_csv(p) for p in parts], ignore_index=True) if parts else plan.assign(**provenance)
+    if rank == 0:
+        write_csv(out_dir / "manifest.csv", manifest)
+    return manifest
+
+
+def load_synthetic(out_dir: Path, manifest: pd.DataFrame) -> np.ndarray:
+    """Read the generated images listed in ``manifest`` as an (N, H, W, 3) uint8 array."""
+    from .data.images import read_image
+    from .io import safe_join
+
+    return np.stack([read_image(safe_join(out_dir, f)) for f in manifest["file"]]) if len(manifest) else None

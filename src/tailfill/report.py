@@ -1,0 +1,200 @@
+"""Report: the results table (baselines vs augmented, per-class gains) and plots, as Markdown + PNG."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .io import atomic_path, read_json, write_text
+
+
+def _fmt(stat: dict) -> str:
+    if not stat or not np.isfinite(stat.get("mean", np.nan)):
+        return "n/a"
+    if np.isfinite(stat.get("low", np.nan)):
+        return f"{stat['mean']:.3f} [{stat['low']:.3f}, {stat['high']:.3f}]"
+    return f"{stat['mean']:.3f}"
+
+
+def summary_table(summary: dict, classes: list) -> pd.DataFrame:
+    """One row per model: balanced accuracy (mean [95 % CI over seeds]) and per-class recall."""
+    rows = []
+    for model, s in summary.items():
+        row = {"model": model, "seeds": s["seeds"], "balanced_acc": _fmt(s["balanced_accuracy"]),
+               "macro_f1": _fmt(s["macro_f1"])}
+        row.update({f"R_{c}": f"{s[f'recall_{c}']['mean']:.2f}" for c in classes if f"recall_{c}" in s})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def gains_table(results: pd.DataFrame, baseline: str, augmented: str, classes: list) -> pd.DataFrame:
+    """Per-class recall of a baseline vs the augmented model (means over seeds) and the gain."""
+    b = results[results["model"] == baseline]
+    a = results[results["model"] == augmented]
+    rows = []
+    for c in classes + ["balanced_accuracy"]:
+        col = c if c == "balanced_accuracy" else f"recall_{c}"
+        rows.append({"class": c if c != "balanced_accuracy" else "balanced accuracy",
+                     "baseline": b[col].mean(), "augmented": a[col].mean(), "gain": a[col].mean() - b[col].mean()})
+    return pd.DataFrame(rows)
+
+
+def to_markdown(frame: pd.DataFrame, floatfmt: str = "{:.3f}") -> str:
+    cols = list(frame.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, r in frame.iterrows():
+        lines.append("| " + " | ".join(floatfmt.format(v) if isinstance(v, (float, np.floating)) else str(v)
+                                        for v in r) + " |")
+    return "\n".join(lines)
+
+
+def _savefig(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    plt.close(fig)
+
+
+def plot_gains(gains: pd.DataFrame, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3))
+    colors = ["tab:green" if g >= 0 else "tab:red" for g in gains["gain"]]
+    ax.bar(gains["class"], gains["gain"], color=colors)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_ylabel("recall gain (augmented - baseline)")
+    ax.tick_params(axis="x", rotation=45)
+    _savefig(fig, path)
+
+
+def plot_confusions(matrices: dict, classes: list, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(matrices), figsize=(4.2 * len(matrices), 4))
+    for ax, (title, cm) in zip(np.atleast_1d(axes), matrices.items()):
+        cm = np.asarray(cm, dtype=float)
+        norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+        ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+        ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=7)
+        ax.set_yticks(range(len(classes)), classes, fontsize=7)
+        ax.set_title(title, fontsize=8)
+        ax.set_xlabel("predicted")
+        for i in range(len(classes)):
+            for j in range(len(classes)):
+                if cm[i, j]:
+                    ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=6,
+                            color="white" if norm[i, j] > 0.5 else "black")
+    _savefig(fig, path)
+
+
+def plot_ood_histograms(calibration: dict, selection: pd.DataFrame, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    names = sorted(selection["class"].unique())
+    fig, axes = plt.subplots(1, len(names), figsize=(3.5 * len(names), 2.8), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        s = selection[selection["class"] == name]
+        real = np.asarray(calibration["val_scores"].get(name, []))
+        bins = np.histogram_bin_edges(np.r_[real, s["score"]], bins=25)
+        for values, label in ((real, "real (held-out)"), (s.loc[s["kept"], "score"], "synthetic kept"),
+                              (s.loc[~s["kept"], "score"], "synthetic rejected")):
+            if len(values):
+                ax.hist(values, bins=bins, alpha=0.6, density=True, label=label)
+        ax.axvline(calibration["thresholds"][name], color="k", ls="--", lw=1)
+        auroc = calibration["realism_auroc"].get(name, float("nan"))
+        ax.set_title(f"{name}  (real-vs-synthetic AUROC {auroc:.2f})", fontsize=8)
+    axes[0][0].legend(fontsize=6)
+    _savefig(fig, path)
+
+
+def sample_grid(run, selection: pd.DataFrame, path: Path, per_row: int = 6) -> None:
+    """Per generated class, one row each: real | synthetic masks | synthetic kept | synthetic rejected."""
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    from .io import safe_join
+
+    d = run.data
+    frame = d["frame"]
+    names = sorted(selection["class"].unique())
+    fig, axes = plt.subplots(len(names), 4, figsize=(4 * 1.6 * per_row / 3, 1.7 * len(names)), squeeze=False)
+    size = d["images"].shape[1]
+    blank = np.full((size, size, 3), 255, np.uint8)
+
+    def strip(imgs):
+        imgs = list(imgs)[:per_row] + [blank] * max(0, per_row - len(imgs))
+        return np.concatenate(imgs, axis=1)
+
+    def load(files):
+        return [np.asarray(Image.open(safe_join(run.dir / "synthetic", f)).convert("RGB")) for f in files]
+
+    for row, name in zip(axes, names):
+        real = d["images"][((frame["class"] == name) & (frame["split"] == "train")).to_numpy()]
+        s = selection[selection["class"] == name]
+        kept, rejected = s[s["kept"]].sort_values("score"), s[~s["kept"]].sort_values("score", ascending=False)
+        panels = [real[:per_row], load(s["mask_file"].head(per_row)), load(kept["file"].head(per_row)),
+                  load(rejected["file"].head(per_row))]
+        for ax, title, imgs in zip(row, ["real", "mask", "synthetic kept", "synthetic rejected"], panels):
+            ax.imshow(strip(imgs))
+            ax.set_title(f"{name}: {title}", fontsize=7)
+            ax.axis("off")
+    _savefig(fig, path)
+
+
+def write_report(run) -> Path:
+    """Write ``report/report.md`` with tables and plots; returns its path."""
+    out = run.dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    classes = run.data["classes"]
+    results = pd.read_csv(run.dir / "results" / "results.csv")
+    summary = read_json(run.dir / "results" / "summary.json")
+    info = read_json(run.dir / "data" / "dataset.json")
+    stages = {p.stem: read_json(p) for p in (run.dir / "stages").glob("*.json")}
+    lines = [f"# tailfill report: `{run.dir}`", "",
+             "Balanced accuracy is ISIC 2019's official metric (mean per-class recall) on the test split; "
+             "[low, high] is a 95 % t-interval over seeds (shown with 2+ seeds). Model selection used the "
+             "validation split only.", "",
+             "## Data", "", to_markdown(pd.DataFrame(info["counts"]).T.reset_index(names="split")), ""]
+    lines += ["## Results", "", to_markdown(summary_table(summary, classes)), ""]
+    augmented = [m for m in summary if m.startswith("augmented:")]
+    if augmented:
+        method = augmented[0].split(":", 1)[1]
+        base = f"baseline:{method}"
+        gains = gains_table(results, base, augmented[0], classes)
+        lines += [f"## Per-class recall: `{base}` vs `{augmented[0]}` (same method, + kept synthetic images)", "",
+                  to_markdown(gains), "", "![per-class gains](gains.png)", ""]
+        plot_gains(gains[gains["class"] != "balanced accuracy"], out / "gains.png")
+        cms = {}
+        for model in (base, augmented[0]):
+            kind, meth = model.split(":")
+            seed = sorted(results.loc[results["model"] == model, "seed"])[0]
+            cms[f"{model} (seed {seed})"] = read_json(run.dir / "classifier" / kind / meth / f"seed_{seed}" /
+                                                      "metrics.json")["test"]["confusion_matrix"]
+        plot_confusions(cms, classes, out / "confusion.png")
+        lines += ["## Confusion matrices (test)", "", "![confusion matrices](confusion.png)", ""]
+    sel_path = run.dir / "selection" / "selection.csv"
+    selection = pd.read_csv(sel_path) if sel_path.is_file() else pd.DataFrame()
+    if len(selection):
+        selection["kept"] = selection["kept"].astype(bool)
+        table = selection.groupby("class").agg(generated=("kept", "size"), kept=("kept", "sum"),
+                                               used=("used", "sum")).reset_index()
+        reasons = selection["reason"].value_counts().to_dict()
+        lines += ["## Synthetic data and OOD selection", "", to_markdown(table), "",
+                  f"Decisions: {reasons}", ""]
+        cal_path = run.dir / "selection" / "calibration.json"
+        if cal_path.is_file():
+            cal = read_json(cal_path)
+            plot_ood_histograms(cal, selection, out / "ood_scores.png")
+            lines += ["Realism diagnostic: AUROC of telling synthetic from held-out real images by OOD score "
+                      "(0.5 = indistinguishable): " + ", ".join(f"{k} {v:.2f}" for k, v in cal["realism_auroc"].items()),
+                      "", "![OOD scores](ood_scores.png)", ""]
+        sample_grid(run, selection, out / "samples.png")
+        lines += ["![real vs synthetic samples](samples.png)", ""]
+    lines += ["## Stage timings", "", to_markdown(pd.DataFrame(
+        [{"stage": k, "seconds": v.get("seconds", float("nan"))} for k, v in stages.items()]), "{:.1f}"), ""]
+    path = out / "report.md"
+    write_text(path, "\n".join(lines))
+    return path

@@ -1,0 +1,67 @@
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from tailfill.config import Config, load_config
+from tailfill.io import atomic_path, load_state, safe_join, save_state, write_text
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+def test_defaults_are_the_demo():
+    cfg = load_config()
+    assert cfg.data.kind == "demo" and cfg.data.image_size == 32
+
+
+def test_overrides_and_unknown_keys(tmp_path):
+    cfg = load_config(overrides=["diffusion.train_steps=7", "classifier.methods=[ce, focal]"])
+    assert cfg.diffusion.train_steps == 7 and cfg.classifier.methods == ["ce", "focal"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("diffusion:\n  train_stpes: 5\n")
+    with pytest.raises(ValueError, match="diffusion.train_stpes"):
+        load_config(bad)
+    with pytest.raises(ValueError, match="unknown classifier method"):
+        load_config(overrides=["classifier.methods=[ce, magic]"])
+    with pytest.raises(FileNotFoundError):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "broken.yaml").write_text("a: [1, 2\n")
+    with pytest.raises(ValueError, match="not valid YAML"):
+        load_config(tmp_path / "broken.yaml")
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_shipped_configs_load(path):
+    assert isinstance(load_config(path), Config)
+
+
+def test_atomic_write_leaves_old_file_on_failure(tmp_path):
+    target = tmp_path / "manifest.csv"
+    write_text(target, "old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert target.read_text() == "old"
+    assert list(tmp_path.iterdir()) == [target]  # no temp file left behind
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_checkpoints_never_unpickle_code(tmp_path):
+    save_state(tmp_path / "ok.pt", {"step": 3, "w": torch.ones(2)})
+    assert load_state(tmp_path / "ok.pt")["step"] == 3
+    torch.save({"payload": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(pickle.UnpicklingError):
+        load_state(tmp_path / "evil.pt")
+
+
+def test_safe_join_refuses_escapes(tmp_path):
+    assert safe_join(tmp_path, "images/a.png") == (tmp_path / "images/a.png").resolve()
+    for bad in ("../x.png", "/etc/passwd", "images/../../x.png"):
+        with pytest.raises(ValueError, match="escapes|relative"):
+            safe_join(tmp_path, bad)

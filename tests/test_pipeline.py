@@ -1,0 +1,172 @@
+"""End to end: every stage at tiny size, the artefacts, leakage guards, kill-and-resume."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from tailfill.cli import main
+from tailfill.data.sources import ISIC2019_CLASSES
+from tailfill.pipeline import STAGES
+
+from conftest import tiny_overrides
+
+
+def write_config(path, run_dir, **extra):
+    path.write_text(yaml.safe_dump(tiny_overrides(run_dir, **extra)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e2e")
+    cfg = write_config(tmp / "tiny.yaml", tmp / "run")
+    assert main(["run", "--config", str(cfg)]) == 0
+    return tmp / "run", cfg
+
+
+def test_every_stage_ran_and_wrote_its_artefacts(finished_run):
+    run, _ = finished_run
+    for stage in STAGES:
+        assert (run / "stages" / f"{stage}.json").is_file(), stage
+    for rel in ("config.yaml", "data/splits.csv", "synthetic/manifest.csv", "selection/selection.csv",
+                "results/results.csv", "results/summary.json", "report/report.md", "report/gains.png",
+                "report/confusion.png", "report/samples.png", "report/ood_scores.png",
+                "diffusion/checkpoint/unet_ema/diffusion_pytorch_model.safetensors"):
+        assert (run / rel).is_file(), rel
+    report = (run / "report" / "report.md").read_text()
+    assert "## Results" in report and "augmented:" in report
+
+
+def test_metrics_are_sane(finished_run):
+    run, _ = finished_run
+    results = pd.read_csv(run / "results" / "results.csv")
+    assert set(results["kind"]) == {"baseline", "augmented"}
+    assert results["balanced_accuracy"].between(0, 1).all()
+    # better than guessing: the demo classes are learnable even in 3 tiny epochs
+    assert results.loc[results["kind"] == "baseline", "balanced_accuracy"].max() > 1.5 / 8
+
+
+def test_provenance_and_leakage_guards(finished_run):
+    run, _ = finished_run
+    splits = pd.read_csv(run / "data" / "splits.csv", dtype={"image": str, "lesion_id": str})
+    assert (splits.groupby("lesion_id")["split"].nunique() == 1).all(), "a lesion spans splits"
+    manifest = pd.read_csv(run / "synthetic" / "manifest.csv")
+    assert len(manifest) > 0
+    for col in ("file", "mask_file", "class", "source_image", "seed", "sampler", "steps", "guidance_scale",
+                "checkpoint", "weights_sha256", "mask_source"):
+        assert col in manifest.columns and manifest[col].notna().all(), col
+    train_ids = set(splits.loc[splits["split"] == "train", "image"])
+    assert set(manifest["source_image"]) <= train_ids  # contexts come from training images only
+    assert all((run / "synthetic" / f).is_file() for f in manifest["file"])
+    # synthetic images reach training only: predictions cover exactly the real test images
+    test_ids = set(splits.loc[splits["split"] == "test", "image"])
+    for pred in run.glob("classifier/*/*/seed_*/predictions_test.csv"):
+        frame = pd.read_csv(pred, dtype={"image": str})
+        assert list(frame.columns) == ["image"] + ISIC2019_CLASSES
+        assert set(frame["image"]) == test_ids
+        np.testing.assert_allclose(frame[ISIC2019_CLASSES].sum(axis=1), 1, atol=1e-4)
+    selection = pd.read_csv(run / "selection" / "selection.csv")
+    assert not (selection["used"] & ~selection["kept"]).any()
+    aug = json.loads(next(run.glob("classifier/augmented/*/seed_0/metrics.json")).read_text())
+    real = json.loads(next(run.glob("classifier/baseline/ce/seed_0/metrics.json")).read_text())
+    extra = np.array(aug["train_counts"]) - np.array(real["train_counts"])
+    classes = json.loads((run / "data" / "dataset.json").read_text())["classes"]
+    used = selection[selection["used"]]["class"].value_counts()
+    assert extra.tolist() == [int(used.get(c, 0)) for c in classes]
+    # the OOD threshold was calibrated on the validation split, never on test
+    cal = json.loads((run / "selection" / "calibration.json").read_text())
+    val_counts = splits[splits["split"] == "val"]["class"].value_counts()
+    assert {k: len(v) for k, v in cal["val_scores"].items()} == {k: int(v) for k, v in val_counts.items()}
+
+
+def test_run_dir_is_protected_and_resume_checks_config(finished_run, capsys):
+    run, cfg = finished_run
+    assert main(["run", "--config", str(cfg)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(["run", "--config", str(cfg), "--resume"]) == 0  # all done: nothing to redo
+    assert main(["run", "--config", str(cfg), "--resume", "--set", "diffusion.lr=0.1"]) == 2
+    assert "config differs in diffusion" in capsys.readouterr().err
+
+
+def test_generation_skips_finished_shards(finished_run):
+    run, _ = finished_run
+    shards = sorted((run / "synthetic" / "shards").glob("shard_*.csv"))
+    assert len(shards) >= 2
+    manifest = pd.read_csv(run / "synthetic" / "manifest.csv")
+    first = pd.read_csv(shards[0])
+    kept_file = run / "synthetic" / first["file"].iloc[0]
+    mtime = kept_file.stat().st_mtime_ns
+    redo = pd.read_csv(shards[-1])
+    lost = run / "synthetic" / redo["file"].iloc[0]
+    before = lost.read_bytes()
+    shards[-1].unlink()  # as if killed while writing the last shard
+    lost.unlink()
+    assert main(["generate", "--run-dir", str(run), "--force"]) == 0
+    assert kept_file.stat().st_mtime_ns == mtime  # finished shards were not redone
+    assert lost.read_bytes() == before  # the redone image is the same image: seeds are per image
+    pd.testing.assert_frame_equal(pd.read_csv(run / "synthetic" / "manifest.csv"), manifest)
+
+
+def test_stage_commands_need_a_run(tmp_path, capsys):
+    assert main(["select", "--run-dir", str(tmp_path / "none")]) == 2
+    assert "not a tailfill run directory" in capsys.readouterr().err
+
+
+def test_bad_dataset_gives_one_clear_line(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "r"), "data": {"kind": "isic2019",
+                                                                         "root": str(tmp_path / "nowhere")}}))
+    assert main(["run", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "ISIC_2019_Training_GroundTruth.csv" in err and "Traceback" not in err
+
+
+def _cli(*args, **kw):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, "-m", "tailfill", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kw)
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_result(tmp_path):
+    extra = {"diffusion__train_steps": 150, "diffusion__checkpoint_every": 10}
+    straight = write_config(tmp_path / "a.yaml", tmp_path / "a", **extra)
+    interrupted = write_config(tmp_path / "b.yaml", tmp_path / "b", **extra)
+    p = _cli("run", "--config", str(straight))
+    out, _ = p.communicate(timeout=600)
+    assert p.returncode == 0, out
+
+    p = _cli("run", "--config", str(interrupted))
+    state = tmp_path / "b" / "diffusion" / "checkpoint" / "state.pt"
+    deadline = time.time() + 300
+    while not state.is_file() and p.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)  # no chance to clean up
+    p.wait()
+    assert not (tmp_path / "b" / "stages" / "train-diffusion.json").is_file(), "killed too late to test resume"
+    p = _cli("run", "--config", str(interrupted), "--resume")
+    out, _ = p.communicate(timeout=600)
+    assert p.returncode == 0, out
+    assert "resuming from step" in out
+
+    from tailfill.io import load_tensors
+
+    for sub in ("unet", "unet_ema"):
+        a = load_tensors(tmp_path / "a" / "diffusion/checkpoint" / sub / "diffusion_pytorch_model.safetensors")
+        b = load_tensors(tmp_path / "b" / "diffusion/checkpoint" / sub / "diffusion_pytorch_model.safetensors")
+        for k in a:
+            np.testing.assert_allclose(a[k].numpy(), b[k].numpy(), rtol=1e-4, atol=1e-5)
+    ma = pd.read_csv(tmp_path / "a" / "synthetic" / "manifest.csv").drop(columns=["checkpoint", "weights_sha256"])
+    mb = pd.read_csv(tmp_path / "b" / "synthetic" / "manifest.csv").drop(columns=["checkpoint", "weights_sha256"])
+    pd.testing.assert_frame_equal(ma, mb)
+    sa = pd.read_csv(tmp_path / "a" / "selection" / "selection.csv")
+    sb = pd.read_csv(tmp_path / "b" / "selection" / "selection.csv")
+    assert sa["used"].sum() == sb["used"].sum()

@@ -1,0 +1,65 @@
+import numpy as np
+import pytest
+
+from tailfill.select import KNNScorer, MahalanobisScorer, OODSelector, make_scorer, realism_auroc
+
+
+def gaussian_classes(rng, n=200, dim=16, classes=3, shift=4.0):
+    labels = np.repeat(np.arange(classes), n)
+    means = rng.normal(0, shift, (classes, dim))
+    return rng.normal(0, 1, (len(labels), dim)) + means[labels], labels, means
+
+
+@pytest.mark.parametrize("method", ["mahalanobis", "knn"])
+def test_in_distribution_scores_lower_than_shifted(rng, method):
+    x, y, means = gaussian_classes(rng)
+    scorer = make_scorer(method, k=5).fit(x, y)
+    inside = rng.normal(0, 1, (50, 16)) + means[1]
+    outside = rng.normal(0, 1, (50, 16)) + means[1] + 3.0
+    wrong_class = rng.normal(0, 1, (50, 16)) + means[2]  # real-looking, but not of class 1
+    s_in, s_out, s_wrong = (scorer.score(a, np.ones(50, int)) for a in (inside, outside, wrong_class))
+    assert realism_auroc(s_in, s_out) > 0.9
+    assert realism_auroc(s_in, s_wrong) > 0.95
+    assert 0.3 < realism_auroc(s_in, scorer.score(rng.normal(0, 1, (50, 16)) + means[1], np.ones(50, int))) < 0.7
+
+
+def test_calibration_threshold_passes_the_asked_share_of_real(rng):
+    x, y, means = gaussian_classes(rng)
+    held, held_y, _ = x[::2], y[::2], None
+    sel = OODSelector(MahalanobisScorer(), real_quantile=0.9).fit(x[1::2], y[1::2]).calibrate(held, held_y)
+    fresh = rng.normal(0, 1, (2000, 16)) + means[0]
+    passed = np.mean(sel.score(fresh, np.zeros(2000, int)) <= sel.thresholds_[0])
+    assert 0.8 < passed < 0.97
+
+
+def test_select_rejects_ood_copies_and_respects_keep_fraction(rng):
+    x, y, means = gaussian_classes(rng)
+    sel = OODSelector(KNNScorer(5), real_quantile=0.95, keep_fraction=1.0, near_duplicate_similarity=0.999)
+    sel.fit(x, y).calibrate(x[::3], y[::3])
+    good = rng.normal(0, 1, (20, 16)) + means[0]
+    bad = rng.normal(0, 1, (5, 16)) + means[0] + 8
+    copies = x[y == 0][:3] + 1e-6
+    feats = np.concatenate([good, bad, copies])
+    labels = np.zeros(len(feats), int)
+    table = sel.select(feats, labels)
+    assert (table["reason"].iloc[20:25] == "out_of_distribution").all()
+    assert (table["reason"].iloc[25:] == "near_duplicate").all()
+    assert table["kept"].iloc[:20].mean() > 0.8
+    # the copy of its own source context is not a copy: the source is excluded from the search
+    src = np.full(len(feats), -1)
+    src[25:] = np.flatnonzero(y == 0)[:3]
+    assert (sel.select(feats, labels, source_index=src)["reason"].iloc[25:] != "near_duplicate").all()
+    sel.keep_fraction = 0.5
+    half = sel.select(good, np.zeros(20, int))
+    assert half["kept"].sum() <= 10
+    assert half.loc[half["kept"], "score"].max() <= half.loc[~half["kept"], "score"].min()
+
+
+def test_small_classes_fall_back_to_pooled_threshold(rng):
+    x, y, _ = gaussian_classes(rng)
+    held_y = y[::2].copy()
+    held_x = x[::2]
+    keep = (held_y != 2) | (np.arange(len(held_y)) % 50 == 0)  # class 2: 2 held-out images only
+    sel = OODSelector(MahalanobisScorer()).fit(x, y).calibrate(held_x[keep], held_y[keep])
+    pooled = np.quantile(sel.score(held_x[keep], held_y[keep]), 0.95)
+    assert sel.thresholds_[2] == pytest.approx(pooled)
