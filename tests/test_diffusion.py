@@ -78,8 +78,7 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path):
     ckpt = train_diffusion(images, labels, masks, 3, tiny_cfg(train_steps=4), tmp_path, device="cpu")
     before = (ckpt / "state.pt").read_bytes()
     with pytest.raises(TrainingDivergedError, match="last good checkpoint"):
-        poisoned = np.full_like(masks, np.nan)  # e.g. a corrupt mask file read as NaN
-        train_diffusion(images, labels, poisoned, 3, tiny_cfg(train_steps=40, lesion_mask_prob=1.0), tmp_path,
-                        device="cpu")
+        poisoned = np.full(images.shape, np.nan, np.float32)  # e.g. corrupt inputs decoded as NaN
+        train_diffusion(poisoned, labels, masks, 3, tiny_cfg(train_steps=40), tmp_path, device="cpu")
     assert (ckpt / "state.pt").read_bytes() == before  # the good checkpoint was not overwritten
     load_inpainter(ckpt)  # still loadable

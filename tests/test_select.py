@@ -63,3 +63,14 @@ def test_small_classes_fall_back_to_pooled_threshold(rng):
     sel = OODSelector(MahalanobisScorer()).fit(x, y).calibrate(held_x[keep], held_y[keep])
     pooled = np.quantile(sel.score(held_x[keep], held_y[keep]), 0.95)
     assert sel.thresholds_[2] == pytest.approx(pooled)
+
+
+def test_auto_duplicate_threshold_is_calibrated_on_held_out_real(rng):
+    x, y, means = gaussian_classes(rng, dim=8)
+    train, held = np.arange(len(y)) % 2 == 0, np.arange(len(y)) % 2 == 1
+    sel = OODSelector(MahalanobisScorer(), real_quantile=1.0).fit(x[train], y[train]).calibrate(x[held], y[held])
+    fresh = rng.normal(0, 1, (300, 8)) + means[0]
+    copies = x[train & (y == 0)][:20] + rng.normal(0, 1e-3, (20, 8))
+    table = sel.select(np.concatenate([fresh, copies]), np.zeros(320, int))
+    assert (table["reason"].iloc[300:] == "near_duplicate").all()
+    assert (table["reason"].iloc[:300] == "near_duplicate").mean() < 0.05  # ~1 % of real-like ones

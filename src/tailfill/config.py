@@ -59,10 +59,10 @@ class GenerateConfig:
     oversample: float = 2.0            # draw this many times the deficit so selection has a choice
     sampler: str = "dpmsolver++"       # ddpm | ddim | dpmsolver++
     steps: int = 20
-    guidance_scale: float = 2.0
+    guidance_scale: float = 3.0
     mask_source: str = "auto"          # auto (segment the context's lesion) | user | random
     context_classes: Union[str, list] = "all"  # which real training images give the skin context
-    mask_dilation: int = 2             # grow lesion masks so the old lesion's rim is replaced too
+    mask_dilation: int = 2             # grow lesion masks (pixels) so the old lesion's rim is replaced too
     batch_size: int = 64
     shard_size: int = 64               # images per shard; finished shards are skipped on resume
     seed: int = 1234
@@ -75,7 +75,8 @@ class SelectConfig:
     k: int = 5                         # knn: neighbours
     real_quantile: float = 0.95        # threshold = this quantile of held-out real scores of the class
     keep_fraction: float = 1.0         # then keep at most this fraction of each class's best scores
-    near_duplicate_similarity: float = 0.985  # cosine similarity to a training image above which a sample is a copy
+    near_duplicate_similarity: Union[str, float] = "auto"  # centred cosine similarity to a training image above
+    # which a sample is a copy; "auto": the 99th percentile of held-out real images' similarity
     feature_method: Optional[str] = None  # which baseline's classifier gives the features (default: first method)
 
 
@@ -175,6 +176,9 @@ def validate(cfg: Config) -> None:
     check(cfg.select.method in {"mahalanobis", "knn", "none"}, f"select.method={cfg.select.method!r}")
     check(0 < cfg.select.keep_fraction <= 1, "select.keep_fraction in (0, 1]")
     check(0 < cfg.select.real_quantile <= 1, "select.real_quantile in (0, 1]")
+    nd = cfg.select.near_duplicate_similarity
+    check(nd == "auto" or (isinstance(nd, (int, float)) and -1 <= nd <= 1),
+          "select.near_duplicate_similarity is auto or a cosine similarity in [-1, 1]")
     check(len(cfg.classifier.seeds) > 0, "classifier.seeds must not be empty")
     check(len(cfg.classifier.methods) > 0, "classifier.methods must not be empty")
     from .classify import METHODS

@@ -10,14 +10,14 @@ from __future__ import annotations
 import copy
 import inspect
 import logging
-import math
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel
+
+from scipy import ndimage
 
 from .io import atomic_dir, load_state, read_json, recover_dir, save_state, write_json
 from .masks import random_shape_mask
@@ -110,19 +110,31 @@ def inpaint(unet: UNet2DModel, scheduler, images: torch.Tensor, masks: torch.Ten
 
 
 class MaskSampler:
-    """Training masks: the image's own lesion mask (so the class must be drawn there) or a random shape."""
+    """Training masks: the image's own lesion mask, grown by a random margin, or a random shape.
+
+    The margin matters: at generation time a small lesion class (DF) is drawn into the mask of a
+    bigger lesion (NV). Trained on loose masks, the model learns that the class, not the mask,
+    decides the lesion's size, and fills the rest with skin.
+    """
 
     def __init__(self, lesion_masks: np.ndarray, lesion_prob: float, seed: int, bank_size: int = 512):
-        self.lesion_masks = lesion_masks.astype(np.float32)
-        self.lesion_prob = lesion_prob
         size = lesion_masks.shape[-1]
+        self.max_margin = max(1, size // 8)
+        binary = lesion_masks > 0.5
+        # every margin precomputed once: (margins, N, H, W) booleans
+        grown = [binary]
+        for _ in range(self.max_margin):
+            grown.append(np.stack([ndimage.binary_dilation(m) for m in grown[-1]]) if len(binary) else grown[-1])
+        self.lesion_masks = np.stack(grown)
+        self.lesion_prob = lesion_prob
         rng = np.random.default_rng(seed)
         self.bank = np.stack([random_shape_mask(size, rng) for _ in range(bank_size)])
 
     def __call__(self, idx: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         use_lesion = rng.uniform(size=len(idx)) < self.lesion_prob
+        margin = rng.integers(0, self.max_margin + 1, size=len(idx))
         random = self.bank[rng.integers(len(self.bank), size=len(idx))]
-        return np.where(use_lesion[:, None, None], self.lesion_masks[idx], random)
+        return np.where(use_lesion[:, None, None], self.lesion_masks[margin, idx], random).astype(np.float32)
 
 
 def class_sampling_weights(labels: np.ndarray, power: float) -> np.ndarray:

@@ -10,7 +10,9 @@ features, then ``score`` / ``select`` synthetic ones.
 Higher scores mean *less* like the class. A synthetic image is kept when its score is within
 the threshold (the ``real_quantile`` of held-out real scores of its class, so about that share of
 real images would pass), it is among the best ``keep_fraction`` of its class, and it is not a
-near-copy of a training image.
+near-copy of a training image: its centred cosine similarity to the nearest training image (its own
+source context excluded) must not exceed ``near_duplicate_similarity`` -- by default ("auto") the 99th
+percentile of the same similarity for held-out real images.
 """
 from __future__ import annotations
 
@@ -82,7 +84,7 @@ class OODSelector:
     """Fit on real training features, calibrate on held-out real ones, select synthetic ones."""
 
     def __init__(self, scorer, real_quantile: float = 0.95, keep_fraction: float = 1.0,
-                 near_duplicate_similarity: float = 0.985):
+                 near_duplicate_similarity: float | str = "auto"):
         self.scorer = scorer
         self.real_quantile = real_quantile
         self.keep_fraction = keep_fraction
@@ -90,12 +92,19 @@ class OODSelector:
 
     def fit(self, feats: np.ndarray, labels: np.ndarray) -> "OODSelector":
         self.scorer.fit(feats, labels)
-        self.train_bank_ = _l2n(feats)
+        # centred before cosine: post-ReLU features all point one way and look alike uncentred
+        self.centre_ = feats.mean(axis=0)
+        self.train_bank_ = _l2n(feats - self.centre_)
         return self
 
     def calibrate(self, feats: np.ndarray, labels: np.ndarray) -> "OODSelector":
         """Per-class thresholds from held-out *real* images (never the test split)."""
         scores = self.scorer.score(feats, labels)
+        if self.near_duplicate_similarity == "auto":
+            # a synthetic image closer to a training image than 99 % of held-out real images are is a copy
+            self.duplicate_threshold_ = float(np.quantile(self.nearest_train_similarity(feats), 0.99))
+        else:
+            self.duplicate_threshold_ = float(self.near_duplicate_similarity)
         self.calibration_scores_ = {int(c): scores[labels == c] for c in np.unique(labels)}
         pooled = float(np.quantile(scores, self.real_quantile))
         self.thresholds_ = {}
@@ -110,7 +119,7 @@ class OODSelector:
 
     def nearest_train_similarity(self, feats: np.ndarray, exclude: np.ndarray | None = None) -> np.ndarray:
         """Cosine similarity to the closest training image, skipping ``exclude[i]`` (the source context)."""
-        sims = _l2n(feats) @ self.train_bank_.T
+        sims = _l2n(feats - self.centre_) @ self.train_bank_.T
         if exclude is not None:
             rows = np.flatnonzero(np.asarray(exclude) >= 0)
             sims[rows, np.asarray(exclude)[rows]] = -np.inf
@@ -122,7 +131,7 @@ class OODSelector:
         scores = self.score(feats, labels)
         thresholds = np.array([self.thresholds_[int(c)] for c in labels])
         similarity = self.nearest_train_similarity(feats, source_index)
-        reason = np.where(similarity > self.near_duplicate_similarity, "near_duplicate",
+        reason = np.where(similarity > self.duplicate_threshold_, "near_duplicate",
                           np.where(scores > thresholds, "out_of_distribution", ""))
         for c in np.unique(labels):  # keep_fraction: the best-scoring share of each class
             idx = np.flatnonzero(labels == c)

@@ -1,0 +1,305 @@
+"""Real-data benchmark: does diffusion inpainting + OOD selection beat the long-tail baselines?
+
+On real ISIC 2019 images (default: ../shared/data/isic2019-mini), per image size:
+
+1. a fixed, balanced test split and a small balanced validation split (model selection and OOD
+   calibration); the rest is thinned to a geometric long tail (``--imbalance``, head/tail) for training;
+2. non-generative baselines (``--methods``) over ``--seeds``;
+3. with the best baseline (by validation balanced accuracy) as the loss for every variant:
+   - ``real_oversample``: tail classes filled to the same counts by repeating real images (the control),
+   - ``synth_random``: filled with randomly chosen synthetic images (no selection),
+   - ``synth_threshold``: synthetic images passing the calibrated OOD threshold (95 % of real pass),
+   - ``synth_keepF``: the best fraction F of the synthetic pool by OOD score (keep-fraction sweep);
+4. the realism diagnostic (AUROC real-held-out vs synthetic by OOD score, per class) and an image grid.
+
+Prints the tables and writes them, with plots, to ``--out`` (Markdown). Every number in
+docs/benchmarks.md comes from this script.
+
+    python benchmarks/longtail_isic.py --sizes 32 --seeds 0 1 2
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tailfill.classify import train_classifier
+from tailfill.config import ClassifierConfig, DiffusionConfig, GenerateConfig
+from tailfill.data import build_cache, load_isic2019
+from tailfill.diffusion import inpaint, load_inpainter, make_scheduler, to_model_range, to_uint8, train_diffusion
+from tailfill.evaluate import classification_metrics, mean_ci
+from tailfill.masks import segment_batch
+from tailfill.select import OODSelector, make_scorer, realism_auroc
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+
+
+def make_benchmark_split(labels, classes, test_per_class, val_per_class, imbalance, seed=0):
+    """Balanced test/val per class; the rest thinned to a geometric long tail (largest class = head)."""
+    rng = np.random.default_rng(seed)
+    split = np.full(len(labels), "unused", dtype=object)
+    pool = {}
+    for c in range(len(classes)):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        split[idx[:test_per_class]] = "test"
+        split[idx[test_per_class:test_per_class + val_per_class]] = "val"
+        pool[c] = idx[test_per_class + val_per_class:]
+    order = sorted(pool, key=lambda c: -len(pool[c]))
+    n_max = len(pool[order[0]])
+    for i, c in enumerate(order):
+        n = max(2, int(round(n_max * imbalance ** (-i / (len(order) - 1)))))
+        split[pool[c][:n]] = "train"
+    return split.astype(str)
+
+
+def generate_pool(ckpt, train_x, train_y, train_masks, deficits, oversample, gcfg, seed=0):
+    """Synthetic images for each tail class, inpainted into random training contexts' lesion masks."""
+    from scipy import ndimage
+
+    unet, sched_cfg = load_inpainter(ckpt, True)
+    scheduler = make_scheduler(gcfg.sampler, sched_cfg)
+    rng = np.random.default_rng(seed)
+    out_x, out_y, out_src, out_mask = [], [], [], []
+    import torch
+
+    for c, deficit in deficits.items():
+        n = int(np.ceil(deficit * oversample))
+        ctx = rng.integers(0, len(train_x), n)
+        masks = np.stack([ndimage.binary_dilation(train_masks[i] > 0.5, iterations=gcfg.mask_dilation)
+                          for i in ctx]).astype(np.float32)
+        for b in range(0, n, gcfg.batch_size):
+            sl = slice(b, b + gcfg.batch_size)
+            gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
+            y = torch.full((len(ctx[sl]),), c, dtype=torch.long)
+            img = inpaint(unet, scheduler, to_model_range(train_x[ctx[sl]]), torch.from_numpy(masks[sl])[:, None], y,
+                          gcfg.guidance_scale, gcfg.steps, gen)
+            out_x.append(to_uint8(img))
+        out_y += [c] * n
+        out_src += ctx.tolist()
+        out_mask.append(masks)
+    return np.concatenate(out_x), np.array(out_y), np.array(out_src), np.concatenate(out_mask)
+
+
+def fmt(values):
+    m, lo, hi = mean_ci(values)
+    sd = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
+    return f"{m:.3f} ± {sd:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if np.isfinite(lo) else "")
+
+
+def save_grid(path, classes, tail, train_x, train_y, syn_x, syn_y, syn_masks, table, per=6):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    size = train_x.shape[1]
+    blank = np.full((size, size, 3), 255, np.uint8)
+
+    def strip(imgs):
+        imgs = list(imgs)[:per] + [blank] * max(0, per - len(imgs))
+        return np.concatenate(imgs, axis=1)
+
+    fig, axes = plt.subplots(len(tail), 4, figsize=(4 * per * 0.55, 1.5 * len(tail)), squeeze=False)
+    for row, c in zip(axes, tail):
+        sel = np.flatnonzero(syn_y == c)
+        order = sel[np.argsort(table["score"].to_numpy()[sel])]
+        kept = [i for i in order if table["kept"].iloc[i]]
+        rejected = [i for i in order[::-1] if not table["kept"].iloc[i]]
+        masks = [np.repeat((syn_masks[i][..., None] * 255).astype(np.uint8), 3, 2) for i in sel[:per]]
+        for ax, title, imgs in zip(row, ["real", "mask", "synthetic kept", "synthetic rejected"],
+                                   [train_x[train_y == c][:per], masks, syn_x[kept], syn_x[rejected]]):
+            ax.imshow(strip(imgs))
+            ax.set_title(f"{classes[c]}: {title}", fontsize=7)
+            ax.axis("off")
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def run_size(args, size, data, log):
+    t_stage = {}
+    t0 = time.time()
+    images, ok = build_cache(data.paths(), size, args.work / "cache", workers=2)
+    labels = data.labels()
+    classes = data.classes
+    split = make_benchmark_split(labels, classes, args.test_per_class, args.val_per_class, args.imbalance)
+    tr, va, te = (split == s for s in ("train", "val", "test"))
+    train_x, train_y = images[tr], labels[tr]
+    val_x, val_y, test_x, test_y = images[va], labels[va], images[te], labels[te]
+    counts = np.bincount(train_y, minlength=len(classes))
+    log(f"\n## {size} px\n\ntraining counts (imbalance {args.imbalance:g}): "
+        + ", ".join(f"{classes[c]} {counts[c]}" for c in np.argsort(-counts))
+        + f"; val {args.val_per_class}/class, test {args.test_per_class}/class")
+    t_stage["data"] = time.time() - t0
+
+    ccfg = ClassifierConfig(backbone=args.backbone, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
+    rows, models = [], {}
+
+    def train_eval(name, method, x, y, seed, n_syn=0):
+        t = time.time()
+        m = train_classifier(x, y, val_x, val_y, classes, method, ccfg, seed, "cpu")
+        met = classification_metrics(test_y, m.predict_proba(test_x), classes)
+        val = classification_metrics(val_y, m.predict_proba(val_x), classes)
+        rows.append({"size": size, "variant": name, "method": method, "seed": seed, "synthetic": n_syn,
+                     "val_bacc": val["balanced_accuracy"], "bacc": met["balanced_accuracy"],
+                     **{f"R_{c}": met["per_class"][c]["recall"] for c in classes}, "seconds": time.time() - t})
+        print(f"  {size}px {name:<24} {method:<22} seed {seed}: test bacc {met['balanced_accuracy']:.3f} "
+              f"({time.time() - t:.0f} s)", flush=True)
+        return m
+
+    t0 = time.time()
+    for method in args.methods:
+        for seed in args.seeds:
+            models[(method, seed)] = train_eval(method, method, train_x, train_y, seed)
+    t_stage["baselines"] = time.time() - t0
+    frame = pd.DataFrame(rows)
+    best = frame.groupby("method")["val_bacc"].mean().idxmax()
+    log(f"\nbest baseline by validation balanced accuracy: `{best}` (loss used for every variant below)")
+
+    # generator: trained once on the long-tailed training split, all classes
+    t0 = time.time()
+    masks = segment_batch(train_x)
+    dcfg = DiffusionConfig(train_steps=args.diffusion_steps, batch_size=32, checkpoint_every=args.diffusion_steps,
+                           log_every=max(1, args.diffusion_steps // 5), block_out_channels=args.unet_channels)
+    ckpt = train_diffusion(train_x, train_y, masks, len(classes), dcfg, args.work / f"diffusion_{size}", seed=0,
+                           device="cpu")
+    t_stage["diffusion"] = time.time() - t0
+    tail = [c for c in range(len(classes)) if counts[c] < np.median(counts)]
+    target = int(np.median(counts))
+    deficits = {c: target - int(counts[c]) for c in tail}
+    t0 = time.time()
+    gcfg = GenerateConfig(sampler=args.sampler, steps=args.sample_steps, guidance_scale=args.guidance)
+    syn_x, syn_y, syn_src, syn_masks = generate_pool(ckpt, train_x, train_y, masks, deficits, args.oversample, gcfg)
+    t_stage["generate"] = time.time() - t0
+
+    t0 = time.time()
+    feat_model = models[(best, args.seeds[0])]
+    f_tr, f_va, f_syn = feat_model.features(train_x), feat_model.features(val_x), feat_model.features(syn_x)
+    selector = OODSelector(make_scorer("mahalanobis"), real_quantile=0.95).fit(f_tr, train_y).calibrate(f_va, val_y)
+    table = selector.select(f_syn, syn_y, source_index=syn_src)
+    scores = table["score"].to_numpy()
+    val_scores = selector.score(f_va, val_y)
+    auroc = {classes[c]: realism_auroc(val_scores[val_y == c], scores[syn_y == c]) for c in tail}
+    t_stage["select"] = time.time() - t0
+    log("\nrealism diagnostic, AUROC real held-out vs synthetic by OOD score (0.5 = indistinguishable): "
+        + ", ".join(f"{k} {v:.2f}" for k, v in auroc.items())
+        + f"; synthetic passing the 95 % real threshold: {table['kept'].mean():.0%}, near-copies rejected: "
+        + f"{int((table['reason'] == 'near_duplicate').sum())}")
+    save_grid(args.plots / f"grid_{size}px.png", classes, tail, train_x, train_y, syn_x, syn_y, syn_masks, table)
+
+    def pick(rule, seed):
+        """Indices of synthetic images to add: at most the deficit per class."""
+        rng = np.random.default_rng(seed)
+        chosen = []
+        for c, deficit in deficits.items():
+            idx = np.flatnonzero(syn_y == c)
+            if rule == "random":
+                chosen += rng.permutation(idx)[:deficit].tolist()
+            elif rule == "threshold":
+                ok = idx[table["kept"].to_numpy()[idx]]
+                chosen += ok[np.argsort(scores[ok])][:deficit].tolist()
+            else:  # keep fraction: best share of the pool by score, copies out
+                fine = idx[(table["reason"].to_numpy()[idx] != "near_duplicate")]
+                best_share = fine[np.argsort(scores[fine])][: int(np.ceil(rule * len(idx)))]
+                chosen += best_share[:deficit].tolist()
+        return np.array(chosen, dtype=int)
+
+    t0 = time.time()
+    for seed in args.seeds:
+        rng = np.random.default_rng(seed)
+        extra = np.concatenate([rng.choice(np.flatnonzero(train_y == c), d) for c, d in deficits.items()])
+        train_eval("real_oversample", best, np.concatenate([train_x, train_x[extra]]),
+                   np.concatenate([train_y, train_y[extra]]), seed, 0)
+        for rule in ["random", "threshold"] + list(args.keep_fractions):
+            idx = pick(rule, seed)
+            name = f"synth_{rule}" if isinstance(rule, str) else f"synth_keep{rule:g}"
+            train_eval(name, best, np.concatenate([train_x, syn_x[idx]]), np.concatenate([train_y, syn_y[idx]]),
+                       seed, len(idx))
+    t_stage["augmented"] = time.time() - t0
+    return pd.DataFrame(rows), best, tail, t_stage, auroc
+
+
+def summarise(frame, classes, tail):
+    out = []
+    for (variant, method), g in frame.groupby(["variant", "method"], sort=False):
+        row = {"variant": variant, "loss": method, "synthetic": int(g["synthetic"].mean()),
+               "balanced acc (mean ± sd [95% CI])": fmt(g["bacc"].tolist())}
+        for c in tail:
+            row[f"R_{classes[c]}"] = f"{g[f'R_{classes[c]}'].mean():.3f} ± {g[f'R_{classes[c]}'].std(ddof=1):.3f}" \
+                if len(g) > 1 else f"{g[f'R_{classes[c]}'].mean():.3f}"
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def markdown(frame):
+    cols = list(frame.columns)
+    return "\n".join(["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+                     + ["| " + " | ".join(str(v) for v in r) + " |" for r in frame.itertuples(index=False)])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--root", type=Path, default=ROOT.parent / "shared" / "data" / "isic2019-mini")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[32])
+    ap.add_argument("--imbalance", type=float, default=50.0)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--methods", nargs="+",
+                    default=["ce", "balanced_sampling", "cb_focal", "ldam_drw", "logit_adjust", "logit_adjust_posthoc"])
+    ap.add_argument("--keep-fractions", type=float, nargs="+", default=[0.2, 0.4, 0.6, 1.0])
+    ap.add_argument("--test-per-class", type=int, default=25)
+    ap.add_argument("--val-per-class", type=int, default=10)
+    ap.add_argument("--backbone", default="resnet18")
+    ap.add_argument("--epochs", type=int, default=25)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--diffusion-steps", type=int, default=3000)
+    ap.add_argument("--unet-channels", type=int, nargs="+", default=[32, 64, 64])
+    ap.add_argument("--sampler", default="dpmsolver++")
+    ap.add_argument("--sample-steps", type=int, default=20)
+    ap.add_argument("--guidance", type=float, default=2.0)
+    ap.add_argument("--oversample", type=float, default=3.0)
+    ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "_work")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    args = ap.parse_args()
+    if not (args.root / "ISIC_2019_Training_GroundTruth.csv").is_file():
+        sys.exit(f"no ISIC 2019 layout under {args.root}; pass --root")
+    args.plots = args.out.parent / "benchmarks"
+    args.plots.mkdir(parents=True, exist_ok=True)
+    args.work.mkdir(parents=True, exist_ok=True)
+    lines = []
+
+    def log(text):
+        print(text, flush=True)
+        lines.append(text)
+
+    data = load_isic2019(args.root)
+    log("# Benchmark: long-tailed ISIC 2019 (real images)\n\nProduced by:\n\n    python benchmarks/longtail_isic.py "
+        + " ".join(sys.argv[1:]) + f"\n\ndata: {args.root.name}, {len(data)} images; classifier {args.backbone} "
+        f"from scratch, {args.epochs} epochs; generator: {args.unet_channels} UNet, {args.diffusion_steps} steps; "
+        f"sampler {args.sampler} x{args.sample_steps}, guidance {args.guidance}; seeds {args.seeds}")
+    everything = []
+    for size in args.sizes:
+        t0 = time.time()
+        frame, best, tail, t_stage, auroc = run_size(args, size, data, log)
+        everything.append(frame)
+        log("\n" + markdown(summarise(frame, data.classes, tail)))
+        log(f"\n![samples {size}px](benchmarks/grid_{size}px.png)\n\nwall time per stage (s): "
+            + ", ".join(f"{k} {v:.0f}" for k, v in t_stage.items())
+            + f"; total {time.time() - t0:.0f} s; peak memory {peak_rss_gb():.1f} GB")
+        pd.concat(everything).to_csv(args.plots / "results.csv", index=False)
+    from tailfill.io import write_text
+
+    write_text(args.out, "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
