@@ -20,7 +20,6 @@ docs/benchmarks.md comes from this script.
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import sys
 import time

@@ -202,3 +202,31 @@ def test_shared_isic_mini_loads():
     assert sum(counts.values()) == 1609 and counts["DF"] == 83
     img = read_image(d.paths()[0], 32)
     assert img.shape == (32, 32, 3) and img.std() > 5
+
+
+def test_non_utf8_file_names_survive_loading_and_tables(tmp_path):
+    """Linux allows file names that are not UTF-8; they must load and round-trip through CSVs."""
+    import os
+
+    from tailfill.io import read_table, write_csv
+
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / cls / "ok.png")
+    raw = os.path.join(os.fsencode(tmp_path / "a"), b"les\xffion.png")
+    with open(raw, "wb") as f:
+        Image.fromarray(np.full((8, 8, 3), 99, np.uint8)).save(f, format="PNG")
+    d = load_image_folder(tmp_path)
+    assert len(d) == 3
+    images, ok = build_cache(d.paths(), 8, tmp_path / "cache")
+    assert ok.all() and 99 in images[:, 0, 0, 0]
+    write_csv(tmp_path / "t.csv", d.frame)
+    back = read_table(tmp_path / "t.csv")
+    assert back["path"].tolist() == d.frame["path"].tolist()
+
+
+def test_numeric_ids_stay_strings(tmp_path):
+    from tailfill.io import read_table, write_csv
+
+    write_csv(tmp_path / "t.csv", pd.DataFrame({"image": ["007", "010"], "lesion_id": ["001", "002"]}))
+    assert read_table(tmp_path / "t.csv")["image"].tolist() == ["007", "010"]

@@ -1,4 +1,3 @@
-import types
 
 import numpy as np
 import pytest

@@ -5,7 +5,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -170,3 +169,23 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     sa = pd.read_csv(tmp_path / "a" / "selection" / "selection.csv")
     sb = pd.read_csv(tmp_path / "b" / "selection" / "selection.csv")
     assert sa["used"].sum() == sb["used"].sum()
+
+
+def test_generation_shards_split_across_processes(finished_run, tmp_path):
+    """Under `accelerate launch` process r makes shards r, r+world, ...; together they make the same set."""
+    from tailfill.generate import generate
+    from tailfill.io import read_table
+    from tailfill.pipeline import Run
+
+    run = Run.open(finished_run[0])
+    x, _, _, sel = run.split("train")
+    plan = read_table(run.dir / "synthetic" / "plan.csv")
+    args = (plan, x, run.data["masks"][sel], run.dir / "diffusion" / "checkpoint", tmp_path, run.cfg.generate)
+    assert len(generate(*args, rank=1, world=2)) == 0  # rank 0's shards are still missing
+    done = sorted(p.name for p in (tmp_path / "shards").glob("*.csv"))
+    assert done and all(int(n[6:11]) % 2 == 1 for n in done)
+    manifest = generate(*args, rank=0, world=2)
+    reference = read_table(run.dir / "synthetic" / "manifest.csv")
+    assert manifest["file"].tolist() == reference["file"].tolist()
+    for f in reference["file"]:
+        assert (tmp_path / f).read_bytes() == (run.dir / "synthetic" / f).read_bytes()

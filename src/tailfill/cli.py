@@ -34,9 +34,8 @@ def _load(args):
 
 def final_table(run) -> str:
     """The closing text of ``tailfill run``: results per model and per-class gains."""
-    import pandas as pd
 
-    from .io import read_json
+    from .io import read_json, read_table
     from .report import gains_table, summary_table
 
     summary = read_json(run.dir / "results" / "summary.json")
@@ -44,7 +43,7 @@ def final_table(run) -> str:
     text = [summary_table(summary, classes).to_string(index=False)]
     aug = [m for m in summary if m.startswith("augmented:")]
     if aug:
-        results = pd.read_csv(run.dir / "results" / "results.csv")
+        results = read_table(run.dir / "results" / "results.csv")
         base = "baseline:" + aug[0].split(":", 1)[1]
         text += ["", f"per-class recall, {base} -> {aug[0]}:",
                  gains_table(results, base, aug[0], classes).to_string(index=False, float_format="%.3f")]

@@ -77,7 +77,7 @@ class SelectConfig:
     keep_fraction: float = 1.0         # then keep at most this fraction of each class's best scores
     near_duplicate_similarity: Union[str, float] = "auto"  # centred cosine similarity to a training image above
     # which a sample is a copy; "auto": the 99th percentile of held-out real images' similarity
-    feature_method: Optional[str] = None  # which baseline's classifier gives the features (default: first method)
+    feature_method: Optional[str] = None  # which baseline's classifier gives the features (default: best on val)
 
 
 @dataclass

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from .diffusion import inpaint, load_inpainter, make_scheduler, to_model_range, to_uint8
-from .io import atomic_path, write_csv
+from .io import atomic_path, read_table, write_csv
 from .masks import load_user_mask, random_shape_mask
 from scipy import ndimage
 
@@ -139,7 +139,7 @@ def generate(plan: pd.DataFrame, context_images: np.ndarray, context_masks: np.n
     parts = [out_dir / "shards" / f"shard_{k:05d}.csv" for k in range(n_shards)]
     if not all(p.is_file() for p in parts):
         return pd.DataFrame()  # other processes still working
-    manifest = pd.concat([pd.read_csv(p) for p in parts], ignore_index=True) if parts else plan.assign(**provenance)
+    manifest = pd.concat([read_table(p) for p in parts], ignore_index=True) if parts else plan.assign(**provenance)
     if rank == 0:
         write_csv(out_dir / "manifest.csv", manifest)
     return manifest

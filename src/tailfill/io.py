@@ -75,10 +75,23 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.load(f)
 
 
+TEXT_COLUMNS = {"image": str, "lesion_id": str, "source_image": str, "path": str, "file": str}
+
+
 def write_csv(path: str | os.PathLike, frame) -> None:
-    """Write a pandas DataFrame atomically (no index column)."""
+    """Write a pandas DataFrame atomically (no index column).
+
+    ``surrogateescape`` round-trips file names that are not valid UTF-8 (possible on Linux).
+    """
     with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False)
+        frame.to_csv(tmp, index=False, errors="surrogateescape")
+
+
+def read_table(path: str | os.PathLike):
+    """Read a table written by ``write_csv``: ids and paths stay strings ("007" is not 7)."""
+    import pandas as pd
+
+    return pd.read_csv(path, dtype=TEXT_COLUMNS, encoding_errors="surrogateescape")
 
 
 def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:

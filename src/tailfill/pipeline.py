@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from .config import Config, config_from_dict
-from .io import read_json, save_npy, write_csv, write_json, write_text
+from .io import read_json, read_table, save_npy, write_csv, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ class Run:
         if self._data is None:
             self.require("prepare")
             info = read_json(self.dir / "data" / "dataset.json")
-            frame = pd.read_csv(self.dir / "data" / "splits.csv", dtype={"image": str, "lesion_id": str})
+            frame = read_table(self.dir / "data" / "splits.csv")
             images = np.load(self.dir / "cache" / info["images_file"])
             masks = np.load(self.dir / "cache" / info["masks_file"])
             self._data = {"frame": frame, "classes": info["classes"], "output_classes": info["output_classes"],
@@ -260,7 +260,7 @@ def stage_generate(run: Run) -> None:
     if rank == 0 and not plan_path.is_file():
         write_csv(plan_path, make_plan(train_frame, run.data["classes"], _deficits(run), run.cfg.generate))
     barrier()
-    plan = pd.read_csv(plan_path)
+    plan = read_table(plan_path)
     log.info("generate: %d images for %s", len(plan), {k: int(v) for k, v in plan["class"].value_counts().items()})
     generate(plan, x, run.data["masks"][sel], run.dir / "diffusion" / "checkpoint", out, run.cfg.generate,
              run.cfg.data.masks_dir, run.device, rank, world)
@@ -274,7 +274,7 @@ def stage_generate(run: Run) -> None:
 def feature_model(run: Run):
     from .classify import TrainedClassifier
 
-    method = run.cfg.select.feature_method or run.cfg.classifier.methods[0]
+    method = run.cfg.select.feature_method or best_baseline(run)
     seed = run.cfg.classifier.seeds[0]
     path = run.dir / "classifier" / "baseline" / method / f"seed_{seed}"
     if not (path / "model.safetensors").is_file():
@@ -288,7 +288,7 @@ def stage_select(run: Run) -> None:
 
     t0 = time.time()
     cfg = run.cfg.select
-    manifest = pd.read_csv(run.dir / "synthetic" / "manifest.csv")
+    manifest = read_table(run.dir / "synthetic" / "manifest.csv")
     out = run.dir / "selection"
     if len(manifest) == 0:
         write_csv(out / "selection.csv", manifest.assign(score=[], kept=[], used=[], reason=[]))
@@ -348,7 +348,7 @@ def stage_train_augmented(run: Run) -> None:
     method = run.cfg.classifier.augmented_method
     method = best_baseline(run) if method == "best" else method
     x, y, _, _ = run.split("train")
-    table = pd.read_csv(run.dir / "selection" / "selection.csv")
+    table = read_table(run.dir / "selection" / "selection.csv")
     used = table[table["used"].astype(bool)].reset_index(drop=True) if len(table) else table
     ratio = run.cfg.classifier.synthetic_max_ratio
     if ratio is not None and len(used):

@@ -1,13 +1,12 @@
 """Report: the results table (baselines vs augmented, per-class gains) and plots, as Markdown + PNG."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .io import atomic_path, read_json, write_text
+from .io import atomic_path, read_json, read_table, write_text
 
 
 def _fmt(stat: dict) -> str:
@@ -149,7 +148,7 @@ def write_report(run) -> Path:
     out = run.dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     classes = run.data["classes"]
-    results = pd.read_csv(run.dir / "results" / "results.csv")
+    results = read_table(run.dir / "results" / "results.csv")
     summary = read_json(run.dir / "results" / "summary.json")
     info = read_json(run.dir / "data" / "dataset.json")
     stages = {p.stem: read_json(p) for p in (run.dir / "stages").glob("*.json")}
@@ -176,7 +175,7 @@ def write_report(run) -> Path:
         plot_confusions(cms, classes, out / "confusion.png")
         lines += ["## Confusion matrices (test)", "", "![confusion matrices](confusion.png)", ""]
     sel_path = run.dir / "selection" / "selection.csv"
-    selection = pd.read_csv(sel_path) if sel_path.is_file() else pd.DataFrame()
+    selection = read_table(sel_path) if sel_path.is_file() else pd.DataFrame()
     if len(selection):
         selection["kept"] = selection["kept"].astype(bool)
         table = selection.groupby("class").agg(generated=("kept", "size"), kept=("kept", "sum"),

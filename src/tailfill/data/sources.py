@@ -178,7 +178,9 @@ def load_image_folder(root: str | Path, classes: list | None = None) -> LabeledI
     for label, name in enumerate(classes):
         folder = root / name
         files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
-        rows += [{"image": p.stem, "path": str(p.relative_to(root)), "label": label} for p in files]
+        # id = relative path without suffix: the same file name may appear in two class folders
+        rows += [{"image": p.relative_to(root).with_suffix("").as_posix(), "path": str(p.relative_to(root)),
+                  "label": label} for p in files]
     frame = pd.DataFrame(rows, columns=["image", "path", "label"])
     return _finish(root, frame, classes, str(root))
 
@@ -205,7 +207,7 @@ def load_csv_dataset(csv: str | Path, root: str | Path | None = None, classes: l
         except ValueError as e:
             raise DataError(f"{csv}: row {r + 2}: {e}") from None
         paths.append(p)
-    frame = pd.DataFrame({"image": [Path(p).stem for p in paths], "path": paths,
+    frame = pd.DataFrame({"image": [Path(p).with_suffix("").as_posix() for p in paths], "path": paths,
                           "label": names.map({c: i for i, c in enumerate(classes)})})
     if "lesion_id" in table.columns:
         frame["lesion_id"] = table["lesion_id"]
