@@ -264,7 +264,7 @@ def main():
     ap.add_argument("--unet-channels", type=int, nargs="+", default=[32, 64, 64])
     ap.add_argument("--sampler", default="dpmsolver++")
     ap.add_argument("--sample-steps", type=int, default=20)
-    ap.add_argument("--guidance", type=float, default=2.0)
+    ap.add_argument("--guidance", type=float, default=3.0)
     ap.add_argument("--oversample", type=float, default=3.0)
     ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "_work")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")

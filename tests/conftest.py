@@ -13,11 +13,11 @@ def tiny_overrides(run_dir, size=16, **extra):
     """A whole pipeline in seconds: tiny demo set, tiny models, few steps."""
     values = {
         "run_dir": str(run_dir),
-        "data": {"image_size": size, "demo_images": 160, "demo_imbalance": 8.0, "workers": 1},
+        "data": {"image_size": size, "demo_images": 240, "demo_imbalance": 2.0, "imbalance_ratio": 5.0, "workers": 1},
         "diffusion": {"block_out_channels": [16, 32], "train_steps": 30, "batch_size": 16, "checkpoint_every": 10,
                       "log_every": 10},
         "generate": {"steps": 3, "shard_size": 8, "batch_size": 8, "oversample": 1.5},
-        "classifier": {"backbone": "resnet10t", "epochs": 3, "batch_size": 32, "methods": ["ce", "logit_adjust"],
+        "classifier": {"backbone": "resnet10t", "epochs": 8, "batch_size": 16, "methods": ["ce", "logit_adjust"],
                        "seeds": [0]},
     }
     for key, value in extra.items():

@@ -230,3 +230,13 @@ def test_numeric_ids_stay_strings(tmp_path):
 
     write_csv(tmp_path / "t.csv", pd.DataFrame({"image": ["007", "010"], "lesion_id": ["001", "002"]}))
     assert read_table(tmp_path / "t.csv")["image"].tolist() == ["007", "010"]
+
+
+def test_long_tail_subsample_keeps_lesions_whole():
+    labels = np.repeat(np.arange(3), 40)
+    groups = np.array([f"L{i // 2}" for i in range(120)])
+    split = np.full(120, "train")
+    keep = long_tail_subsample(labels, split, 10.0, seed=0, groups=groups)
+    for g in np.unique(groups):
+        assert len(set(keep[groups == g])) == 1
+    assert 4 <= keep[labels == 2].sum() <= 5

@@ -22,14 +22,15 @@ class DataConfig:
     image_size: int = 32               # side of the cached square images every stage works on
     val_fraction: float = 0.15         # held-out real images: model selection and OOD calibration
     test_fraction: float = 0.2
-    imbalance_ratio: Optional[float] = None  # make the *training* split long-tailed (head/tail), None: keep as is
+    imbalance_ratio: Optional[float] = None  # thin the *training* split to this head/tail ratio; None: keep as
+    # is (for kind=demo, None means 20: the demo set is mildly imbalanced so its val/test splits stay sizeable)
     max_per_class: Optional[int] = None      # cap images per class before splitting (quick experiments)
     on_bad_image: str = "error"        # error | skip: a missing or unreadable image
     masks_dir: Optional[str] = None    # user lesion masks (<image>.png or <image>_segmentation.png)
     cache_dir: Optional[str] = None    # default <run_dir>/cache
     workers: int = 2                   # threads decoding images for the cache
-    demo_images: int = 900             # demo only: total images drawn
-    demo_imbalance: float = 25.0       # demo only: largest/smallest class
+    demo_images: int = 1000            # demo only: total images drawn
+    demo_imbalance: float = 4.0        # demo only: largest/smallest class in the whole drawn set
 
 
 @dataclass
@@ -90,7 +91,7 @@ class ClassifierConfig:
     weight_decay: float = 5e-4
     methods: list = field(default_factory=lambda: ["ce", "balanced_sampling", "logit_adjust"])
     augmented_method: str = "best"    # which method trains on real+synthetic; "best" = best baseline on val
-    seeds: list = field(default_factory=lambda: [0])
+    seeds: list = field(default_factory=lambda: [0, 1])
     synthetic_max_ratio: Optional[float] = None  # cap synthetic images per class at ratio x real (None: no cap)
     mixed_precision: str = "no"
 

@@ -32,6 +32,7 @@ from .io import read_json, read_table, save_npy, write_csv, write_json, write_te
 
 log = logging.getLogger(__name__)
 
+DEMO_TRAIN_IMBALANCE = 20.0  # the demo's training split: NV to DF
 STAGES = ["prepare", "train-baseline", "train-diffusion", "generate", "select", "train-augmented", "evaluate",
           "report"]
 
@@ -171,8 +172,9 @@ def stage_prepare(run: Run) -> None:
     frame, images = frame[ok].reset_index(drop=True), images[ok]
     labels = frame["label"].to_numpy()
     split = make_splits(labels, frame["lesion_id"].to_numpy(), d.val_fraction, d.test_fraction, cfg.seed)
-    if d.imbalance_ratio:
-        keep = long_tail_subsample(labels, split, d.imbalance_ratio, cfg.seed)
+    ratio = d.imbalance_ratio if d.imbalance_ratio is not None else (DEMO_TRAIN_IMBALANCE if d.kind == "demo" else None)
+    if ratio:
+        keep = long_tail_subsample(labels, split, ratio, cfg.seed, groups=frame["lesion_id"].to_numpy())
         split = np.where(keep, split, "unused")
     if d.masks_dir:
         masks = np.stack([load_user_mask(d.masks_dir, i, d.image_size) for i in frame["image"]])

@@ -1,4 +1,7 @@
-"""A small long-tailed, dermoscopy-like dataset drawn from scratch, so the demo needs no download.
+"""A small imbalanced, dermoscopy-like dataset drawn from scratch, so the demo needs no download.
+
+The whole set is mildly imbalanced (4:1 by default) so that validation and test splits keep enough
+tail images to measure; the demo run then thins its *training* split to a 20:1 long tail.
 
 Each image is skin (tone, texture, hairs, a dermoscope vignette) with one lesion whose shape,
 colours and texture depend on the class, loosely after the ISIC 2019 classes. Nuisance factors
@@ -118,7 +121,7 @@ def demo_counts(total: int, imbalance: float) -> dict[str, int]:
     return dict(zip(DEMO_ORDER, counts.tolist()))
 
 
-def make_demo_dataset(root: str | Path, total: int = 900, imbalance: float = 25.0, size: int = 64,
+def make_demo_dataset(root: str | Path, total: int = 1000, imbalance: float = 4.0, size: int = 64,
                       seed: int = 0, repeat_fraction: float = 0.1) -> Path:
     """Write the demo set under ``root`` in ISIC 2019 layout and return ``root``.
 

@@ -44,15 +44,16 @@ def make_splits(labels, groups, val_fraction: float = 0.15, test_fraction: float
     return split.astype(str)
 
 
-def long_tail_subsample(labels, split, imbalance_ratio: float, seed: int = 0, order=None) -> np.ndarray:
+def long_tail_subsample(labels, split, imbalance_ratio: float, seed: int = 0, order=None, groups=None) -> np.ndarray:
     """Thin the training split to a geometric long tail; returns a keep mask over all images.
 
-    Classes are ranked by training count (or by ``order``); class i of C keeps
-    ``n_max * imbalance_ratio ** (-i / (C - 1))`` images. Val/test are untouched, so evaluation
-    stays balanced enough to measure the tail.
+    Classes are ranked by training count (or by ``order``); class i of C keeps about
+    ``n_max * imbalance_ratio ** (-i / (C - 1))`` images, taking whole ``groups`` (lesions) at a time.
+    Val/test are untouched, so evaluation stays balanced enough to measure the tail.
     """
     labels = np.asarray(labels)
     split = np.asarray(split)
+    groups = np.asarray(groups).astype(str) if groups is not None else np.arange(len(labels)).astype(str)
     rng = np.random.default_rng(seed)
     train = split == "train"
     classes = np.unique(labels)
@@ -62,6 +63,12 @@ def long_tail_subsample(labels, split, imbalance_ratio: float, seed: int = 0, or
     keep = ~train
     for i, c in enumerate(ranked):
         target = max(1, int(round(n_max * imbalance_ratio ** (-i / max(1, len(ranked) - 1)))))
-        idx = np.flatnonzero(train & (labels == c))
-        keep[rng.permutation(idx)[: min(target, len(idx))]] = True
+        members = train & (labels == c)
+        taken = 0
+        for g in rng.permutation(np.unique(groups[members])):
+            if taken >= target:
+                break
+            idx = members & (groups == g)
+            keep |= idx
+            taken += int(idx.sum())
     return keep
