@@ -135,7 +135,7 @@ def run_size(args, size, data, log):
     train_x, train_y = images[tr], labels[tr]
     val_x, val_y, test_x, test_y = images[va], labels[va], images[te], labels[te]
     counts = np.bincount(train_y, minlength=len(classes))
-    log(f"\n## {size} px\n\ntraining counts (imbalance {args.imbalance:g}): "
+    log(f"\ntraining counts (imbalance {args.imbalance:g}): "
         + ", ".join(f"{classes[c]} {counts[c]}" for c in np.argsort(-counts))
         + f"; val {args.val_per_class}/class, test {args.test_per_class}/class")
     t_stage["data"] = time.time() - t0
@@ -281,23 +281,28 @@ def main():
         lines.append(text)
 
     data = load_isic2019(args.root)
-    log("# Benchmark: long-tailed ISIC 2019 (real images)\n\nProduced by:\n\n    python benchmarks/longtail_isic.py "
-        + " ".join(sys.argv[1:]) + f"\n\ndata: {args.root.name}, {len(data)} images; classifier {args.backbone} "
-        f"from scratch, {args.epochs} epochs; generator: {args.unet_channels} UNet, {args.diffusion_steps} steps; "
-        f"sampler {args.sampler} x{args.sample_steps}, guidance {args.guidance}; seeds {args.seeds}")
-    everything = []
+    from tailfill.io import write_csv, write_text
+
     for size in args.sizes:
+        lines.clear()
         t0 = time.time()
+        log(f"## {size} px\n\nProduced by `python benchmarks/longtail_isic.py " + " ".join(sys.argv[1:])
+            + f"` ({args.root.name}, {len(data)} images). Classifier {args.backbone} from scratch, {args.epochs} "
+            f"epochs; generator {args.unet_channels} UNet, {args.diffusion_steps} steps; sampler {args.sampler} "
+            f"x{args.sample_steps}, guidance {args.guidance}; oversample x{args.oversample}; seeds {args.seeds}.")
         frame, best, tail, t_stage, auroc = run_size(args, size, data, log)
-        everything.append(frame)
         log("\n" + markdown(summarise(frame, data.classes, tail)))
         log(f"\n![samples {size}px](benchmarks/grid_{size}px.png)\n\nwall time per stage (s): "
             + ", ".join(f"{k} {v:.0f}" for k, v in t_stage.items())
             + f"; total {time.time() - t0:.0f} s; peak memory {peak_rss_gb():.1f} GB")
-        pd.concat(everything).to_csv(args.plots / "results.csv", index=False)
-    from tailfill.io import write_text
-
-    write_text(args.out, "\n".join(lines) + "\n")
+        results = args.plots / "results.csv"
+        old = pd.read_csv(results) if results.is_file() else pd.DataFrame(columns=frame.columns)
+        write_csv(results, pd.concat([old[old["size"] != size], frame], ignore_index=True))
+        write_text(args.plots / f"section_{size}px.md", "\n".join(lines) + "\n")
+    # docs/benchmarks.md = the hand-written findings + every size's generated section
+    parts = [p.read_text() for p in [args.plots / "findings.md"] if p.is_file()]
+    parts += [p.read_text() for p in sorted(args.plots.glob("section_*px.md"), key=lambda p: int(p.stem[8:-2]))]
+    write_text(args.out, "# Benchmark: long-tailed ISIC 2019 (real images)\n\n" + "\n".join(parts))
 
 
 if __name__ == "__main__":
