@@ -34,6 +34,7 @@ from tailfill.data import build_cache, load_isic2019
 from tailfill.diffusion import inpaint, load_inpainter, make_scheduler, to_model_range, to_uint8, train_diffusion
 from tailfill.evaluate import classification_metrics, mean_ci
 from tailfill.masks import segment_batch
+from tailfill.report import to_markdown
 from tailfill.select import OODSelector, make_scorer, realism_auroc
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -239,12 +240,6 @@ def summarise(frame, classes, tail):
     return pd.DataFrame(out)
 
 
-def markdown(frame):
-    cols = list(frame.columns)
-    return "\n".join(["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-                     + ["| " + " | ".join(str(v) for v in r) + " |" for r in frame.itertuples(index=False)])
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", type=Path, default=ROOT.parent / "shared" / "data" / "isic2019-mini")
@@ -291,7 +286,7 @@ def main():
             f"epochs; generator {args.unet_channels} UNet, {args.diffusion_steps} steps; sampler {args.sampler} "
             f"x{args.sample_steps}, guidance {args.guidance}; oversample x{args.oversample}; seeds {args.seeds}.")
         frame, best, tail, t_stage, auroc = run_size(args, size, data, log)
-        log("\n" + markdown(summarise(frame, data.classes, tail)))
+        log("\n" + to_markdown(summarise(frame, data.classes, tail)))
         log(f"\n![samples {size}px](benchmarks/grid_{size}px.png)\n\nwall time per stage (s): "
             + ", ".join(f"{k} {v:.0f}" for k, v in t_stage.items())
             + f"; total {time.time() - t0:.0f} s; peak memory {peak_rss_gb():.1f} GB")

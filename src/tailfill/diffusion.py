@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel
-
 from scipy import ndimage
 
 from .io import atomic_dir, load_state, read_json, recover_dir, save_state, write_json
@@ -120,12 +119,8 @@ class MaskSampler:
     def __init__(self, lesion_masks: np.ndarray, lesion_prob: float, seed: int, bank_size: int = 512):
         size = lesion_masks.shape[-1]
         self.max_margin = max(1, size // 8)
-        binary = lesion_masks > 0.5
-        # every margin precomputed once: (margins, N, H, W) booleans
-        grown = [binary]
-        for _ in range(self.max_margin):
-            grown.append(np.stack([ndimage.binary_dilation(m) for m in grown[-1]]) if len(binary) else grown[-1])
-        self.lesion_masks = np.stack(grown)
+        # grown per batch, not precomputed: all margins of all masks would not fit in memory at 128+ px
+        self.lesion_masks = lesion_masks > 0.5
         self.lesion_prob = lesion_prob
         rng = np.random.default_rng(seed)
         self.bank = np.stack([random_shape_mask(size, rng) for _ in range(bank_size)])
@@ -134,7 +129,9 @@ class MaskSampler:
         use_lesion = rng.uniform(size=len(idx)) < self.lesion_prob
         margin = rng.integers(0, self.max_margin + 1, size=len(idx))
         random = self.bank[rng.integers(len(self.bank), size=len(idx))]
-        return np.where(use_lesion[:, None, None], self.lesion_masks[margin, idx], random).astype(np.float32)
+        lesion = np.stack([ndimage.binary_dilation(self.lesion_masks[i], iterations=int(k)) if k else self.lesion_masks[i]
+                           for i, k in zip(idx, margin)])
+        return np.where(use_lesion[:, None, None], lesion, random).astype(np.float32)
 
 
 def class_sampling_weights(labels: np.ndarray, power: float) -> np.ndarray:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..io import safe_join
+from ..io import read_table, safe_join
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def _read_csv(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise DataError(f"CSV file not found: {path}")
     try:
-        return pd.read_csv(path, dtype={"image": str, "lesion_id": str})
+        return read_table(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: cannot parse CSV: {e}") from None
 
