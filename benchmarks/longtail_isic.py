@@ -7,10 +7,14 @@ On real ISIC 2019 images (default: ../shared/data/isic2019-mini), per image size
 2. non-generative baselines (``--methods``) over ``--seeds``;
 3. with the best baseline (by validation balanced accuracy) as the loss for every variant:
    - ``real_oversample``: tail classes filled to the same counts by repeating real images (the control),
-   - ``synth_random``: filled with randomly chosen synthetic images (no selection),
-   - ``synth_threshold``: synthetic images passing the calibrated OOD threshold (95 % of real pass),
-   - ``synth_keepF``: the best fraction F of the synthetic pool by OOD score (keep-fraction sweep);
-4. the realism diagnostic (AUROC real-held-out vs synthetic by OOD score, per class) and an image grid.
+   - ``synth_threshold``: drawn from the synthetic images passing the calibrated OOD threshold
+     (the threshold 95 % of held-out real images pass),
+   - ``synth_keepF``: drawn from the best fraction F of the pool by OOD score (keep-fraction sweep;
+     ``synth_keep1`` is no selection); near-copies of training images are always out;
+   the pool is ``--oversample`` x the deficit, made by the product's own plan/masks/inpainting code;
+4. diagnostics: realism (AUROC real held-out vs synthetic by OOD score, per class), class fidelity
+   (how often the baseline classifier calls a synthetic image its own class, vs real held-out images),
+   and an image grid per tail class.
 
 Prints the tables and writes them, with plots, to ``--out`` (Markdown). Every number in
 docs/benchmarks.md comes from this script.
@@ -23,6 +27,7 @@ import argparse
 import resource
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,10 +36,11 @@ import pandas as pd
 from tailfill.classify import train_classifier
 from tailfill.config import ClassifierConfig, DiffusionConfig, GenerateConfig
 from tailfill.data import build_cache, load_isic2019
-from tailfill.diffusion import inpaint, load_inpainter, make_scheduler, to_model_range, to_uint8, train_diffusion
+from tailfill.diffusion import load_inpainter, make_scheduler, train_diffusion
 from tailfill.evaluate import classification_metrics, mean_ci
 from tailfill.masks import segment_batch
-from tailfill.report import to_markdown
+from tailfill.generate import make_plan, plan_masks, synthesize
+from tailfill.report import image_grid, mask_rgb, to_markdown
 from tailfill.select import OODSelector, make_scorer, realism_auroc
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,32 +68,14 @@ def make_benchmark_split(labels, classes, test_per_class, val_per_class, imbalan
     return split.astype(str)
 
 
-def generate_pool(ckpt, train_x, train_y, train_masks, deficits, oversample, gcfg, seed=0):
-    """Synthetic images for each tail class, inpainted into random training contexts' lesion masks."""
-    from scipy import ndimage
-
-    unet, sched_cfg = load_inpainter(ckpt, True)
-    scheduler = make_scheduler(gcfg.sampler, sched_cfg)
-    rng = np.random.default_rng(seed)
-    out_x, out_y, out_src, out_mask = [], [], [], []
-    import torch
-
-    for c, deficit in deficits.items():
-        n = int(np.ceil(deficit * oversample))
-        ctx = rng.integers(0, len(train_x), n)
-        masks = np.stack([ndimage.binary_dilation(train_masks[i] > 0.5, iterations=gcfg.mask_dilation)
-                          for i in ctx]).astype(np.float32)
-        for b in range(0, n, gcfg.batch_size):
-            sl = slice(b, b + gcfg.batch_size)
-            gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
-            y = torch.full((len(ctx[sl]),), c, dtype=torch.long)
-            img = inpaint(unet, scheduler, to_model_range(train_x[ctx[sl]]), torch.from_numpy(masks[sl])[:, None], y,
-                          gcfg.guidance_scale, gcfg.steps, gen)
-            out_x.append(to_uint8(img))
-        out_y += [c] * n
-        out_src += ctx.tolist()
-        out_mask.append(masks)
-    return np.concatenate(out_x), np.array(out_y), np.array(out_src), np.concatenate(out_mask)
+def generate_pool(ckpt, train_x, train_y, train_masks, classes, deficits, gcfg):
+    """The product's generation (plan, masks, inpainting) in memory: the pool selection chooses from."""
+    frame = pd.DataFrame({"image": [f"train_{i}" for i in range(len(train_y))], "label": train_y})
+    plan = make_plan(frame, classes, deficits, gcfg)
+    masks = plan_masks(plan, train_masks, train_x.shape[1], gcfg)
+    unet, sched_cfg = load_inpainter(ckpt, gcfg.use_ema)
+    images = synthesize(unet, make_scheduler(gcfg.sampler, sched_cfg), plan, train_x, masks, gcfg)
+    return images, plan["label"].to_numpy(), plan["context_index"].to_numpy(), masks
 
 
 def fmt(values):
@@ -97,32 +85,15 @@ def fmt(values):
 
 
 def save_grid(path, classes, tail, train_x, train_y, syn_x, syn_y, syn_masks, table, per=6):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    size = train_x.shape[1]
-    blank = np.full((size, size, 3), 255, np.uint8)
-
-    def strip(imgs):
-        imgs = list(imgs)[:per] + [blank] * max(0, per - len(imgs))
-        return np.concatenate(imgs, axis=1)
-
-    fig, axes = plt.subplots(len(tail), 4, figsize=(4 * per * 0.55, 1.5 * len(tail)), squeeze=False)
-    for row, c in zip(axes, tail):
+    rows = []
+    for c in tail:
         sel = np.flatnonzero(syn_y == c)
         order = sel[np.argsort(table["score"].to_numpy()[sel])]
         kept = [i for i in order if table["kept"].iloc[i]]
         rejected = [i for i in order[::-1] if not table["kept"].iloc[i]]
-        masks = [np.repeat((syn_masks[i][..., None] * 255).astype(np.uint8), 3, 2) for i in sel[:per]]
-        for ax, title, imgs in zip(row, ["real", "mask", "synthetic kept", "synthetic rejected"],
-                                   [train_x[train_y == c][:per], masks, syn_x[kept], syn_x[rejected]]):
-            ax.imshow(strip(imgs))
-            ax.set_title(f"{classes[c]}: {title}", fontsize=7)
-            ax.axis("off")
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+        rows.append((classes[c], [train_x[train_y == c][:per], [mask_rgb(syn_masks[i]) for i in sel[:per]],
+                                  syn_x[kept[:per]], syn_x[rejected[:per]]]))
+    image_grid(rows, path, per)
 
 
 def run_size(args, size, data, log):
@@ -176,55 +147,77 @@ def run_size(args, size, data, log):
     tail = [c for c in range(len(classes)) if counts[c] < np.median(counts)]
     target = int(np.median(counts))
     deficits = {c: target - int(counts[c]) for c in tail}
-    t0 = time.time()
-    gcfg = GenerateConfig(sampler=args.sampler, steps=args.sample_steps, guidance_scale=args.guidance)
-    syn_x, syn_y, syn_src, syn_masks = generate_pool(ckpt, train_x, train_y, masks, deficits, args.oversample, gcfg)
-    t_stage["generate"] = time.time() - t0
-
-    t0 = time.time()
     feat_model = models[(best, args.seeds[0])]
-    f_tr, f_va, f_syn = feat_model.features(train_x), feat_model.features(val_x), feat_model.features(syn_x)
+    f_tr, f_va = feat_model.features(train_x), feat_model.features(val_x)
     selector = OODSelector(make_scorer("mahalanobis"), real_quantile=0.95).fit(f_tr, train_y).calibrate(f_va, val_y)
-    table = selector.select(f_syn, syn_y, source_index=syn_src)
-    scores = table["score"].to_numpy()
     val_scores = selector.score(f_va, val_y)
-    auroc = {classes[c]: realism_auroc(val_scores[val_y == c], scores[syn_y == c]) for c in tail}
-    t_stage["select"] = time.time() - t0
-    log("\nrealism diagnostic, AUROC real held-out vs synthetic by OOD score (0.5 = indistinguishable): "
-        + ", ".join(f"{k} {v:.2f}" for k, v in auroc.items())
-        + f"; synthetic passing the 95 % real threshold: {table['kept'].mean():.0%}, near-copies rejected: "
-        + f"{int((table['reason'] == 'near_duplicate').sum())}")
-    save_grid(args.plots / f"grid_{size}px.png", classes, tail, train_x, train_y, syn_x, syn_y, syn_masks, table)
+    val_pred = feat_model.predict_proba(val_x).argmax(1)
 
-    def pick(rule, seed):
-        """Indices of synthetic images to add: at most the deficit per class."""
+    def make_pool(gcfg, label):
+        """Generate a pool, score it, and log its diagnostics."""
+        t = time.time()
+        x, y, src, syn_masks = generate_pool(ckpt, train_x, train_y, masks, classes, deficits, gcfg)
+        t_stage["generate"] = t_stage.get("generate", 0) + time.time() - t
+        t = time.time()
+        table = selector.select(feat_model.features(x), y, source_index=src)
+        pool = {"x": x, "y": y, "scores": table["score"].to_numpy(), "passed": table["kept"].to_numpy(),
+                "copies": (table["reason"] == "near_duplicate").to_numpy()}
+        auroc = {classes[c]: realism_auroc(val_scores[val_y == c], pool["scores"][y == c]) for c in tail}
+        # class fidelity: does the baseline classifier call a synthetic DF "DF" as often as a real one?
+        pred = feat_model.predict_proba(x).argmax(1)
+        fidelity = {classes[c]: (float((pred[y == c] == c).mean()), float((val_pred[val_y == c] == c).mean()))
+                    for c in tail}
+        t_stage["select"] = t_stage.get("select", 0) + time.time() - t
+        log(f"\n{label}: realism AUROC, real held-out vs synthetic by OOD score (0.5 = indistinguishable): "
+            + ", ".join(f"{k} {v:.2f}" for k, v in auroc.items())
+            + f"; passing the 95 % real threshold: {pool['passed'].mean():.0%}; near-copies rejected: "
+            + f"{int(pool['copies'].sum())}; class fidelity, share the baseline classifier calls their own class, "
+            + "synthetic (real held-out): " + ", ".join(f"{k} {a:.2f} ({b:.2f})" for k, (a, b) in fidelity.items()))
+        return pool, table, syn_masks, auroc
+
+    def pick(pool, rule, seed, fill=1.0):
+        """Synthetic images to add: ``fill`` x each class's deficit, drawn from the images the rule keeps."""
         rng = np.random.default_rng(seed)
         chosen = []
+        y, scores = pool["y"], pool["scores"]
         for c, deficit in deficits.items():
-            idx = np.flatnonzero(syn_y == c)
-            if rule == "random":
-                chosen += rng.permutation(idx)[:deficit].tolist()
-            elif rule == "threshold":
-                ok = idx[table["kept"].to_numpy()[idx]]
-                chosen += ok[np.argsort(scores[ok])][:deficit].tolist()
-            else:  # keep fraction: best share of the pool by score, copies out
-                fine = idx[(table["reason"].to_numpy()[idx] != "near_duplicate")]
-                best_share = fine[np.argsort(scores[fine])][: int(np.ceil(rule * len(idx)))]
-                chosen += best_share[:deficit].tolist()
+            n = int(round(fill * deficit))
+            idx = np.flatnonzero((y == c) & ~pool["copies"])
+            if rule == "threshold":
+                keep = idx[pool["passed"][idx]]
+            else:  # keep fraction F: the best F of the class's pool by OOD score; F = 1 is no selection
+                keep = idx[np.argsort(scores[idx])][: int(np.ceil(rule * np.sum(y == c)))]
+            if len(keep):  # fewer kept than needed: kept images are repeated, like real oversampling
+                chosen += rng.permutation(keep)[:n].tolist() + rng.choice(keep, max(0, n - len(keep))).tolist()
         return np.array(chosen, dtype=int)
 
-    t0 = time.time()
+    def train_on(name, pool, idx, seed):
+        train_eval(name, best, np.concatenate([train_x, pool["x"][idx]]), np.concatenate([train_y, pool["y"][idx]]),
+                   seed, len(idx))
+
+    gcfg = GenerateConfig(sampler=args.sampler, steps=args.sample_steps, guidance_scale=args.guidance,
+                          oversample=args.oversample, context_classes=args.context, strength=args.strength)
+    main_pool, table, syn_masks, auroc = make_pool(gcfg, "main pool")
+    save_grid(args.plots / f"grid_{size}px.png", classes, tail, train_x, train_y, main_pool["x"], main_pool["y"],
+              syn_masks, table)
     for seed in args.seeds:
         rng = np.random.default_rng(seed)
         extra = np.concatenate([rng.choice(np.flatnonzero(train_y == c), d) for c, d in deficits.items()])
         train_eval("real_oversample", best, np.concatenate([train_x, train_x[extra]]),
                    np.concatenate([train_y, train_y[extra]]), seed, 0)
-        for rule in ["random", "threshold"] + list(args.keep_fractions):
-            idx = pick(rule, seed)
-            name = f"synth_{rule}" if isinstance(rule, str) else f"synth_keep{rule:g}"
-            train_eval(name, best, np.concatenate([train_x, syn_x[idx]]), np.concatenate([train_y, syn_y[idx]]),
-                       seed, len(idx))
-    t_stage["augmented"] = time.time() - t0
+        for rule in ["threshold"] + list(args.keep_fractions):
+            train_on(f"synth_{rule}" if isinstance(rule, str) else f"synth_keep{rule:g}", main_pool,
+                     pick(main_pool, rule, seed), seed)
+    # ablations: one generator setting changed at a time, OOD threshold selection
+    for spec in args.ablations:
+        opts = dict(kv.split("=") for kv in spec.split(","))
+        fill = float(opts.pop("fill", 1.0))
+        changes = {{"context": "context_classes", "guidance": "guidance_scale"}.get(k, k): v for k, v in opts.items()}
+        changes = {k: (v if k == "context_classes" else float(v)) for k, v in changes.items()}
+        pool = make_pool(replace(gcfg, **changes), f"ablation `{spec}`")[0] if changes else main_pool
+        for seed in args.seeds:
+            train_on(f"synth_threshold [{spec}]", pool, pick(pool, "threshold", seed, fill), seed)
+    t_stage["augmented"] = sum(r["seconds"] for r in rows if r["variant"] not in args.methods)
     return pd.DataFrame(rows), best, tail, t_stage, auroc
 
 
@@ -247,8 +240,9 @@ def main():
     ap.add_argument("--imbalance", type=float, default=50.0)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--methods", nargs="+",
-                    default=["ce", "balanced_sampling", "cb_focal", "ldam_drw", "logit_adjust", "logit_adjust_posthoc"])
-    ap.add_argument("--keep-fractions", type=float, nargs="+", default=[0.2, 0.4, 0.6, 1.0])
+                    default=["ce", "balanced_sampling", "cb_focal", "ldam_drw", "logit_adjust", "logit_adjust_posthoc",
+                             "balanced_softmax"])
+    ap.add_argument("--keep-fractions", type=float, nargs="+", default=[0.2, 0.5, 1.0])
     ap.add_argument("--test-per-class", type=int, default=25)
     ap.add_argument("--val-per-class", type=int, default=10)
     ap.add_argument("--backbone", default="resnet18")
@@ -261,6 +255,11 @@ def main():
     ap.add_argument("--sample-steps", type=int, default=20)
     ap.add_argument("--guidance", type=float, default=3.0)
     ap.add_argument("--oversample", type=float, default=3.0)
+    ap.add_argument("--context", default="all", help="skin contexts: all training images, or the same class")
+    ap.add_argument("--strength", type=float, default=1.0, help="<1: SDEdit from the context's own lesion")
+    ap.add_argument("--ablations", nargs="*", default=[],
+                    help="extra pools, one setting changed each, e.g. context=same strength=0.4 guidance=6 fill=0.3 "
+                         "(fill: share of the deficit filled); each is trained with OOD threshold selection")
     ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "_work")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = ap.parse_args()
@@ -284,7 +283,8 @@ def main():
         log(f"## {size} px\n\nProduced by `python benchmarks/longtail_isic.py " + " ".join(sys.argv[1:])
             + f"` ({args.root.name}, {len(data)} images). Classifier {args.backbone} from scratch, {args.epochs} "
             f"epochs; generator {args.unet_channels} UNet, {args.diffusion_steps} steps; sampler {args.sampler} "
-            f"x{args.sample_steps}, guidance {args.guidance}; oversample x{args.oversample}; seeds {args.seeds}.")
+            f"x{args.sample_steps}, guidance {args.guidance}, contexts {args.context}, strength {args.strength}; "
+            f"oversample x{args.oversample}; seeds {args.seeds}.")
         frame, best, tail, t_stage, auroc = run_size(args, size, data, log)
         log("\n" + to_markdown(summarise(frame, data.classes, tail)))
         log(f"\n![samples {size}px](benchmarks/grid_{size}px.png)\n\nwall time per stage (s): "

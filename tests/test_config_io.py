@@ -24,6 +24,10 @@ def test_overrides_and_unknown_keys(tmp_path):
         load_config(bad)
     with pytest.raises(ValueError, match="unknown classifier method"):
         load_config(overrides=["classifier.methods=[ce, magic]"])
+    with pytest.raises(ValueError, match="generate.strength"):
+        load_config(overrides=["generate.strength=1.5"])
+    with pytest.raises(ValueError, match="generate.context_classes"):
+        load_config(overrides=["generate.context_classes=some"])
     with pytest.raises(FileNotFoundError):
         load_config(tmp_path / "missing.yaml")
     (tmp_path / "broken.yaml").write_text("a: [1, 2\n")

@@ -60,7 +60,7 @@ def test_provenance_and_leakage_guards(finished_run):
     manifest = pd.read_csv(run / "synthetic" / "manifest.csv")
     assert len(manifest) > 0
     for col in ("file", "mask_file", "class", "source_image", "seed", "sampler", "steps", "guidance_scale",
-                "checkpoint", "weights_sha256", "mask_source"):
+                "strength", "checkpoint", "weights_sha256", "mask_source"):
         assert col in manifest.columns and manifest[col].notna().all(), col
     train_ids = set(splits.loc[splits["split"] == "train", "image"])
     assert set(manifest["source_image"]) <= train_ids  # contexts come from training images only

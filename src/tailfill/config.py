@@ -61,8 +61,9 @@ class GenerateConfig:
     sampler: str = "dpmsolver++"       # ddpm | ddim | dpmsolver++
     steps: int = 20
     guidance_scale: float = 3.0
+    strength: float = 1.0              # <1: start from the context's own lesion noised this far (SDEdit), not pure noise
     mask_source: str = "auto"          # auto (segment the context's lesion) | user | random
-    context_classes: Union[str, list] = "all"  # which real training images give the skin context
+    context_classes: Union[str, list] = "all"  # skin context from: "all" training images, the "same" class, or names
     mask_dilation: int = 2             # grow lesion masks (pixels) so the old lesion's rim is replaced too
     batch_size: int = 64
     shard_size: int = 64               # images per shard; finished shards are skipped on resume
@@ -174,6 +175,9 @@ def validate(cfg: Config) -> None:
     check(cfg.generate.sampler in {"ddpm", "ddim", "dpmsolver++"}, f"generate.sampler={cfg.generate.sampler!r}")
     check(cfg.generate.mask_source in {"auto", "user", "random"}, "generate.mask_source is auto, user or random")
     check(cfg.generate.mask_source != "user" or cfg.data.masks_dir, "mask_source=user needs data.masks_dir")
+    check(0 < cfg.generate.strength <= 1, "generate.strength in (0, 1]")
+    cc = cfg.generate.context_classes
+    check(cc in ("all", "same") or isinstance(cc, list), "generate.context_classes is all, same or a list of classes")
     check(cfg.select.method in {"mahalanobis", "knn", "none"}, f"select.method={cfg.select.method!r}")
     check(0 < cfg.select.keep_fraction <= 1, "select.keep_fraction in (0, 1]")
     check(0 < cfg.select.real_quantile <= 1, "select.real_quantile in (0, 1]")

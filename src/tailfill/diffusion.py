@@ -80,22 +80,36 @@ def model_input(noisy, images, masks):
 @torch.no_grad()
 def inpaint(unet: UNet2DModel, scheduler, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor,
             guidance_scale: float = 2.0, num_inference_steps: int = 20,
-            generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+            generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
+            strength: float = 1.0) -> torch.Tensor:
     """Fill ``masks`` (B,1,H,W, 1 = generate) in ``images`` (B,3,H,W in [-1,1]) with class ``labels``.
 
     Classifier-free guidance: eps = eps(null) + scale * (eps(label) - eps(null)); scale 1 is plain
     conditional sampling. Outside the mask the result is exactly the input image. ``noise`` (the
     starting noise) makes each image reproducible on its own, whatever batch it is drawn in.
+    ``strength`` < 1 starts from the input image noised to that fraction of the schedule instead of
+    pure noise (SDEdit): the new lesion keeps the old one's layout and takes the class's look.
     """
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
     device = next(unet.parameters()).device
     images, masks, labels = images.to(device), masks.to(device), labels.to(device)
     scheduler.set_timesteps(num_inference_steps, device=device)
     if noise is None:
         noise = torch.randn(images.shape, generator=generator, device="cpu")
-    x = noise.to(device) * scheduler.init_noise_sigma
+    noise = noise.to(device)
+    timesteps = scheduler.timesteps
+    if strength < 1.0:
+        start = min(len(timesteps) - 1, int(round(len(timesteps) * (1.0 - strength))))
+        timesteps = timesteps[start:]
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(start)
+        x = scheduler.add_noise(images, noise, timesteps[:1].repeat(len(images)))
+    else:
+        x = noise * scheduler.init_noise_sigma
     nulls = torch.full_like(labels, null_label(unet))
     step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
-    for t in scheduler.timesteps:
+    for t in timesteps:
         inp = model_input(scheduler.scale_model_input(x, t), images, masks)
         if guidance_scale == 1.0:
             eps = unet(inp, t, class_labels=labels).sample

@@ -47,10 +47,14 @@ def fill_targets(counts: np.ndarray, chosen: list[int], target) -> dict[int, int
 
 
 def make_plan(train_frame: pd.DataFrame, classes: list, deficits: dict[int, int], cfg) -> pd.DataFrame:
-    """One row per image to generate; deterministic in ``cfg.seed``."""
+    """One row per image to generate; deterministic in ``cfg.seed``.
+
+    ``cfg.context_classes``: "all" (any training image gives the skin), "same" (only images of the
+    class being generated: the new lesion keeps that class's body sites and skin), or class names.
+    """
     rng = np.random.default_rng(cfg.seed)
     labels = train_frame["label"].to_numpy()
-    if cfg.context_classes == "all":
+    if cfg.context_classes in ("all", "same"):
         pool = np.arange(len(train_frame))
     else:
         unknown = [n for n in cfg.context_classes if n not in classes]
@@ -61,15 +65,56 @@ def make_plan(train_frame: pd.DataFrame, classes: list, deficits: dict[int, int]
         raise ValueError("generate: no training images to use as skin context")
     rows = []
     for c, deficit in sorted(deficits.items()):
+        own = np.flatnonzero(labels == c) if cfg.context_classes == "same" else pool
+        if len(own) == 0:
+            raise ValueError(f"generate: context_classes=same but class {classes[c]} has no training images")
         n = int(math.ceil(deficit * cfg.oversample))
         for i in range(n):
-            ctx = int(rng.choice(pool))
+            ctx = int(rng.choice(own))
             rows.append({"file": f"images/{classes[c]}/syn_{classes[c]}_{i:05d}.png",
                          "mask_file": f"masks/{classes[c]}/syn_{classes[c]}_{i:05d}.png",
                          "class": classes[c], "label": c, "context_index": ctx,
                          "source_image": train_frame["image"].iloc[ctx], "source_class": classes[labels[ctx]],
                          "mask_source": cfg.mask_source, "seed": int(rng.integers(2**31))})
     return pd.DataFrame(rows)
+
+
+def plan_masks(plan: pd.DataFrame, context_masks: np.ndarray | None, size: int, cfg,
+               masks_dir: str | None = None) -> np.ndarray:
+    """The (N, H, W) float mask of each planned image: 1 where the new lesion is drawn."""
+    masks = []
+    for row in plan.itertuples():
+        if row.mask_source == "auto":
+            m = context_masks[row.context_index]
+            m = ndimage.binary_dilation(m > 0.5, iterations=cfg.mask_dilation) if cfg.mask_dilation else m > 0.5
+        elif row.mask_source == "user":
+            m = load_user_mask(masks_dir, row.source_image, size)
+        else:
+            m = random_shape_mask(size, np.random.default_rng(row.seed))
+        masks.append(np.asarray(m, dtype=np.float32))
+    return np.stack(masks) if masks else np.zeros((0, size, size), np.float32)
+
+
+def synthesize(unet, scheduler, plan: pd.DataFrame, context_images: np.ndarray, masks: np.ndarray,
+               cfg) -> np.ndarray:
+    """Inpaint every row of ``plan`` in memory; (N, H, W, 3) uint8.
+
+    Each image's starting noise comes from its own row seed, so an image does not depend on the
+    batch (or shard, or process) it was drawn in.
+    """
+    outputs = []
+    for b in range(0, len(plan), cfg.batch_size):
+        rows = plan.iloc[b:b + cfg.batch_size]
+        images = to_model_range(context_images[rows["context_index"].to_numpy()])
+        noise = torch.stack([torch.randn(images.shape[1:], generator=torch.Generator().manual_seed(int(s)))
+                             for s in rows["seed"]])
+        gen = torch.Generator().manual_seed(int(rows["seed"].iloc[0]))
+        labels = torch.as_tensor(rows["label"].to_numpy(dtype=np.int64).copy())
+        out = inpaint(unet, scheduler, images, torch.from_numpy(masks[b:b + len(rows)])[:, None], labels,
+                      cfg.guidance_scale, cfg.steps, gen, noise, cfg.strength)
+        outputs.append(to_uint8(out))
+    size = context_images.shape[1]
+    return np.concatenate(outputs) if outputs else np.zeros((0, size, size, 3), np.uint8)
 
 
 def _file_digest(path: Path) -> str:
@@ -98,6 +143,7 @@ def generate(plan: pd.DataFrame, context_images: np.ndarray, context_masks: np.n
     scheduler = make_scheduler(cfg.sampler, sched_config)
     weights = ckpt_dir / ("unet_ema" if cfg.use_ema else "unet") / "diffusion_pytorch_model.safetensors"
     provenance = {"sampler": cfg.sampler, "steps": cfg.steps, "guidance_scale": cfg.guidance_scale,
+                  "strength": cfg.strength,
                   "checkpoint": str(weights.relative_to(out_dir.parent)) if out_dir.parent in weights.parents
                   else str(weights), "weights_sha256": _file_digest(weights)}
     size = context_images.shape[1]
@@ -108,28 +154,8 @@ def generate(plan: pd.DataFrame, context_images: np.ndarray, context_masks: np.n
             continue
         t0 = time.time()
         part = plan.iloc[k * cfg.shard_size:(k + 1) * cfg.shard_size].reset_index(drop=True)
-        masks = []
-        for row in part.itertuples():
-            if row.mask_source == "auto":
-                m = context_masks[row.context_index]
-                m = ndimage.binary_dilation(m > 0.5, iterations=cfg.mask_dilation) if cfg.mask_dilation else m > 0.5
-            elif row.mask_source == "user":
-                m = load_user_mask(masks_dir, row.source_image, size)
-            else:
-                m = random_shape_mask(size, np.random.default_rng(row.seed))
-            masks.append(np.asarray(m, dtype=np.float32))
-        masks = np.stack(masks)
-        outputs = []
-        for b in range(0, len(part), cfg.batch_size):
-            rows = part.iloc[b:b + cfg.batch_size]
-            images = to_model_range(context_images[rows["context_index"].to_numpy()])
-            noise = torch.stack([torch.randn(images.shape[1:], generator=torch.Generator().manual_seed(int(s)))
-                                 for s in rows["seed"]])
-            gen = torch.Generator().manual_seed(int(rows["seed"].iloc[0]))
-            out = inpaint(unet, scheduler, images, torch.from_numpy(masks[b:b + len(rows)])[:, None],
-                          torch.as_tensor(rows["label"].to_numpy(dtype=np.int64).copy()), cfg.guidance_scale, cfg.steps, gen, noise)
-            outputs.append(to_uint8(out))
-        outputs = np.concatenate(outputs)
+        masks = plan_masks(part, context_masks, size, cfg, masks_dir)
+        outputs = synthesize(unet, scheduler, part, context_images, masks, cfg)
         for row, img, m in zip(part.itertuples(), outputs, masks):
             _save_png(out_dir / row.file, img)
             _save_png(out_dir / row.mask_file, (m * 255).astype(np.uint8))

@@ -109,38 +109,56 @@ def plot_ood_histograms(calibration: dict, selection: pd.DataFrame, path: Path) 
     _savefig(fig, path)
 
 
+GRID_PANELS = ("real", "mask", "synthetic kept", "synthetic rejected")
+
+
+def image_grid(rows: list[tuple[str, list]], path: Path, per_row: int = 6) -> None:
+    """One figure row per class: its panels (lists of HxWx3 uint8 images) side by side as strips."""
+    import matplotlib.pyplot as plt
+
+    first = next((im for _, panels in rows for imgs in panels for im in imgs), None)
+    blank = np.full(first.shape if first is not None else (8, 8, 3), 255, np.uint8)
+
+    def strip(imgs):
+        imgs = list(imgs)[:per_row] + [blank] * max(0, per_row - len(imgs))
+        return np.concatenate(imgs, axis=1)
+
+    n_panels = max(len(panels) for _, panels in rows)
+    width = 3.2  # inches per panel; a strip is per_row images wide and one tall, plus its title
+    fig, axes = plt.subplots(len(rows), n_panels, figsize=(n_panels * width, len(rows) * (width / per_row + 0.3)),
+                             squeeze=False)
+    for axrow, (name, panels) in zip(axes, rows):
+        for ax, title, imgs in zip(axrow, GRID_PANELS, panels):
+            ax.imshow(strip(imgs))
+            ax.set_title(f"{name}: {title}", fontsize=7)
+            ax.axis("off")
+    _savefig(fig, path)
+
+
+def mask_rgb(mask: np.ndarray) -> np.ndarray:
+    return np.repeat((np.asarray(mask, np.float32)[..., None] > 0.5).astype(np.uint8) * 255, 3, axis=2)
+
+
 def sample_grid(run, selection: pd.DataFrame, path: Path, per_row: int = 6) -> None:
     """Per generated class, one row each: real | synthetic masks | synthetic kept | synthetic rejected."""
-    import matplotlib.pyplot as plt
     from PIL import Image
 
     from .io import safe_join
 
     d = run.data
     frame = d["frame"]
-    names = sorted(selection["class"].unique())
-    fig, axes = plt.subplots(len(names), 4, figsize=(4 * 1.6 * per_row / 3, 1.7 * len(names)), squeeze=False)
-    size = d["images"].shape[1]
-    blank = np.full((size, size, 3), 255, np.uint8)
-
-    def strip(imgs):
-        imgs = list(imgs)[:per_row] + [blank] * max(0, per_row - len(imgs))
-        return np.concatenate(imgs, axis=1)
 
     def load(files):
         return [np.asarray(Image.open(safe_join(run.dir / "synthetic", f)).convert("RGB")) for f in files]
 
-    for row, name in zip(axes, names):
+    rows = []
+    for name in sorted(selection["class"].unique()):
         real = d["images"][((frame["class"] == name) & (frame["split"] == "train")).to_numpy()]
         s = selection[selection["class"] == name]
         kept, rejected = s[s["kept"]].sort_values("score"), s[~s["kept"]].sort_values("score", ascending=False)
-        panels = [real[:per_row], load(s["mask_file"].head(per_row)), load(kept["file"].head(per_row)),
-                  load(rejected["file"].head(per_row))]
-        for ax, title, imgs in zip(row, ["real", "mask", "synthetic kept", "synthetic rejected"], panels):
-            ax.imshow(strip(imgs))
-            ax.set_title(f"{name}: {title}", fontsize=7)
-            ax.axis("off")
-    _savefig(fig, path)
+        rows.append((name, [real[:per_row], load(s["mask_file"].head(per_row)), load(kept["file"].head(per_row)),
+                            load(rejected["file"].head(per_row))]))
+    image_grid(rows, path, per_row)
 
 
 def write_report(run) -> Path:
