@@ -137,13 +137,20 @@ def run_size(args, size, data, log):
     log(f"\nbest baseline by validation balanced accuracy: `{best}` (loss used for every variant below)")
 
     # generator: trained once on the long-tailed training split, all classes
-    t0 = time.time()
     masks = segment_batch(train_x)
     dcfg = DiffusionConfig(train_steps=args.diffusion_steps, batch_size=32, checkpoint_every=args.diffusion_steps,
                            log_every=max(1, args.diffusion_steps // 5), block_out_channels=args.unet_channels)
-    ckpt = train_diffusion(train_x, train_y, masks, len(classes), dcfg, args.work / f"diffusion_{size}", seed=0,
-                           device="cpu")
-    t_stage["diffusion"] = time.time() - t0
+
+    def generator(class_power=None):
+        """Train (or reuse a finished) generator; ``class_power`` overrides the class sampling power."""
+        t = time.time()
+        cfg = dcfg if class_power is None else replace(dcfg, class_sampling_power=class_power)
+        name = f"diffusion_{size}" + ("" if class_power is None else f"_power{class_power:g}")
+        ckpt = train_diffusion(train_x, train_y, masks, len(classes), cfg, args.work / name, seed=0, device="cpu")
+        t_stage["diffusion"] = t_stage.get("diffusion", 0) + time.time() - t
+        return ckpt
+
+    ckpt = generator()
     tail = [c for c in range(len(classes)) if counts[c] < np.median(counts)]
     target = int(np.median(counts))
     deficits = {c: target - int(counts[c]) for c in tail}
@@ -153,7 +160,7 @@ def run_size(args, size, data, log):
     val_scores = selector.score(f_va, val_y)
     val_pred = feat_model.predict_proba(val_x).argmax(1)
 
-    def make_pool(gcfg, label):
+    def make_pool(gcfg, label, ckpt=ckpt):
         """Generate a pool, score it, and log its diagnostics."""
         t = time.time()
         x, y, src, syn_masks = generate_pool(ckpt, train_x, train_y, masks, classes, deficits, gcfg)
@@ -212,9 +219,14 @@ def run_size(args, size, data, log):
     for spec in args.ablations:
         opts = dict(kv.split("=") for kv in spec.split(","))
         fill = float(opts.pop("fill", 1.0))
+        power = opts.pop("class_power", None)
         changes = {{"context": "context_classes", "guidance": "guidance_scale"}.get(k, k): v for k, v in opts.items()}
         changes = {k: (v if k == "context_classes" else float(v)) for k, v in changes.items()}
-        pool = make_pool(replace(gcfg, **changes), f"ablation `{spec}`")[0] if changes else main_pool
+        if changes or power is not None:
+            pool = make_pool(replace(gcfg, **changes), f"ablation `{spec}`",
+                             ckpt if power is None else generator(float(power)))[0]
+        else:
+            pool = main_pool
         for seed in args.seeds:
             train_on(f"synth_threshold [{spec}]", pool, pick(pool, "threshold", seed, fill), seed)
     t_stage["augmented"] = sum(r["seconds"] for r in rows if r["variant"] not in args.methods)
@@ -259,7 +271,8 @@ def main():
     ap.add_argument("--strength", type=float, default=1.0, help="<1: SDEdit from the context's own lesion")
     ap.add_argument("--ablations", nargs="*", default=[],
                     help="extra pools, one setting changed each, e.g. context=same strength=0.4 guidance=6 fill=0.3 "
-                         "(fill: share of the deficit filled); each is trained with OOD threshold selection")
+                         "class_power=0 (fill: share of the deficit filled; class_power: a second generator trained "
+                         "with that class sampling power); each is trained with OOD threshold selection")
     ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "_work")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = ap.parse_args()

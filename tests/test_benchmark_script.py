@@ -18,13 +18,14 @@ def test_benchmark_writes_its_tables_and_grid(tmp_path):
     cmd = [sys.executable, str(SCRIPT), "--root", str(root), "--sizes", "16", "--seeds", "0", "1",
            "--methods", "ce", "balanced_sampling", "--epochs", "1", "--diffusion-steps", "2", "--sample-steps", "2",
            "--oversample", "1.5", "--keep-fractions", "0.5", "1", "--test-per-class", "3", "--val-per-class", "3",
-           "--imbalance", "5", "--ablations", "context=same,strength=0.5", "fill=0.5",
+           "--imbalance", "5", "--ablations", "context=same,strength=0.5", "fill=0.5", "class_power=0",
            "--work", str(tmp_path / "work"), "--out", str(out)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     text = out.read_text()
     for variant in ("| ce |", "| real_oversample |", "| synth_threshold |", "| synth_keep0.5 |", "| synth_keep1 |",
-                    "| synth_threshold [context=same,strength=0.5] |", "| synth_threshold [fill=0.5] |"):
+                    "| synth_threshold [context=same,strength=0.5] |", "| synth_threshold [fill=0.5] |",
+                    "| synth_threshold [class_power=0] |"):
         assert variant in text, variant
     assert "realism AUROC" in text and "class fidelity" in text and "peak memory" in text
     assert (out.parent / "benchmarks" / "grid_16px.png").stat().st_size > 1000
