@@ -273,10 +273,12 @@ def main():
                     help="extra pools, one setting changed each, e.g. context=same strength=0.4 guidance=6 fill=0.3 "
                          "class_power=0 (fill: share of the deficit filled; class_power: a second generator trained "
                          "with that class sampling power); each is trained with OOD threshold selection")
+    ap.add_argument("--assemble-only", action="store_true",
+                    help="only rebuild --out from findings.md and the saved per-size sections")
     ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "_work")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = ap.parse_args()
-    if not (args.root / "ISIC_2019_Training_GroundTruth.csv").is_file():
+    if not args.assemble_only and not (args.root / "ISIC_2019_Training_GroundTruth.csv").is_file():
         sys.exit(f"no ISIC 2019 layout under {args.root}; pass --root")
     args.plots = args.out.parent / "benchmarks"
     args.plots.mkdir(parents=True, exist_ok=True)
@@ -287,10 +289,11 @@ def main():
         print(text, flush=True)
         lines.append(text)
 
-    data = load_isic2019(args.root)
     from tailfill.io import write_csv, write_text
 
-    for size in args.sizes:
+    sizes = [] if args.assemble_only else args.sizes
+    data = load_isic2019(args.root) if sizes else None
+    for size in sizes:
         lines.clear()
         t0 = time.time()
         log(f"## {size} px\n\nProduced by `python benchmarks/longtail_isic.py " + " ".join(sys.argv[1:])

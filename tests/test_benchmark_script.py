@@ -34,3 +34,11 @@ def test_benchmark_writes_its_tables_and_grid(tmp_path):
     half = results[results["variant"] == "synth_threshold [fill=0.5]"]["synthetic"]
     full = results[results["variant"] == "synth_threshold"]["synthetic"]
     assert 0 < half.max() < full.min()  # fill=0.5 adds about half the images
+    # the hand-written findings go on top when the doc is rebuilt from the saved sections
+    (out.parent / "benchmarks" / "findings.md").write_text("## Findings\n\nhand-written\n")
+    out.unlink()
+    rebuilt = subprocess.run([sys.executable, str(SCRIPT), "--assemble-only", "--root", str(tmp_path / "nowhere"),
+                              "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
+    text = out.read_text()
+    assert text.index("hand-written") < text.index("## 16 px") < text.index("| synth_keep1 |")
