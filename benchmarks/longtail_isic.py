@@ -39,7 +39,7 @@ from tailfill.data import build_cache, load_isic2019
 from tailfill.diffusion import load_inpainter, make_scheduler, train_diffusion
 from tailfill.evaluate import classification_metrics, mean_ci
 from tailfill.masks import segment_batch
-from tailfill.generate import make_plan, plan_masks, synthesize
+from tailfill.generate import choose_classes, fill_targets, make_plan, plan_masks, synthesize
 from tailfill.report import image_grid, mask_rgb, to_markdown
 from tailfill.select import OODSelector, make_scorer, realism_auroc
 
@@ -151,9 +151,8 @@ def run_size(args, size, data, log):
         return ckpt
 
     ckpt = generator()
-    tail = [c for c in range(len(classes)) if counts[c] < np.median(counts)]
-    target = int(np.median(counts))
-    deficits = {c: target - int(counts[c]) for c in tail}
+    tail = choose_classes(counts, classes, "tail")
+    deficits = fill_targets(counts, tail, "median")
     feat_model = models[(best, args.seeds[0])]
     f_tr, f_va = feat_model.features(train_x), feat_model.features(val_x)
     selector = OODSelector(make_scorer("mahalanobis"), real_quantile=0.95).fit(f_tr, train_y).calibrate(f_va, val_y)
@@ -180,7 +179,7 @@ def run_size(args, size, data, log):
             + f"; passing the 95 % real threshold: {pool['passed'].mean():.0%}; near-copies rejected: "
             + f"{int(pool['copies'].sum())}; class fidelity, share the baseline classifier calls their own class, "
             + "synthetic (real held-out): " + ", ".join(f"{k} {a:.2f} ({b:.2f})" for k, (a, b) in fidelity.items()))
-        return pool, table, syn_masks, auroc
+        return pool, table, syn_masks
 
     def pick(pool, rule, seed, fill=1.0):
         """Synthetic images to add: ``fill`` x each class's deficit, drawn from the images the rule keeps."""
@@ -204,7 +203,7 @@ def run_size(args, size, data, log):
 
     gcfg = GenerateConfig(sampler=args.sampler, steps=args.sample_steps, guidance_scale=args.guidance,
                           oversample=args.oversample, context_classes=args.context, strength=args.strength)
-    main_pool, table, syn_masks, auroc = make_pool(gcfg, "main pool")
+    main_pool, table, syn_masks = make_pool(gcfg, "main pool")
     save_grid(args.plots / f"grid_{size}px.png", classes, tail, train_x, train_y, main_pool["x"], main_pool["y"],
               syn_masks, table)
     for seed in args.seeds:
@@ -230,7 +229,7 @@ def run_size(args, size, data, log):
         for seed in args.seeds:
             train_on(f"synth_threshold [{spec}]", pool, pick(pool, "threshold", seed, fill), seed)
     t_stage["augmented"] = sum(r["seconds"] for r in rows if r["variant"] not in args.methods)
-    return pd.DataFrame(rows), best, tail, t_stage, auroc
+    return pd.DataFrame(rows), best, tail, t_stage
 
 
 def summarise(frame, classes, tail):
@@ -301,7 +300,7 @@ def main():
             f"epochs; generator {args.unet_channels} UNet, {args.diffusion_steps} steps; sampler {args.sampler} "
             f"x{args.sample_steps}, guidance {args.guidance}, contexts {args.context}, strength {args.strength}; "
             f"oversample x{args.oversample}; seeds {args.seeds}.")
-        frame, best, tail, t_stage, auroc = run_size(args, size, data, log)
+        frame, best, tail, t_stage = run_size(args, size, data, log)
         log("\n" + to_markdown(summarise(frame, data.classes, tail)))
         log(f"\n![samples {size}px](benchmarks/grid_{size}px.png)\n\nwall time per stage (s): "
             + ", ".join(f"{k} {v:.0f}" for k, v in t_stage.items())
