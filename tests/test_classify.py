@@ -3,7 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tailfill.classify import METHODS, LongTailLoss, TrainedClassifier, sampling_probabilities, train_classifier
+from tailfill.classify import METHODS, LongTailLoss, TrainedClassifier, train_classifier
+from tailfill.mixing import draw_probabilities
 from tailfill.config import ClassifierConfig
 
 
@@ -25,10 +26,10 @@ def test_rare_classes_get_larger_margins_and_weights():
 
 def test_balanced_sampling_equalises_classes():
     labels = np.repeat([0, 1, 2], [100, 10, 1])
-    p = sampling_probabilities(labels, "balanced")
+    p = draw_probabilities(labels, "balanced")
     per_class = [p[labels == c].sum() for c in range(3)]
     np.testing.assert_allclose(per_class, [1 / 3] * 3)
-    assert sampling_probabilities(labels, "natural") is None
+    assert draw_probabilities(labels, "natural") is None
 
 
 def _blobs(rng, n, size=16):

@@ -69,3 +69,16 @@ def test_safe_join_refuses_escapes(tmp_path):
     for bad in ("../x.png", "/etc/passwd", "images/../../x.png"):
         with pytest.raises(ValueError, match="escapes|relative"):
             safe_join(tmp_path, bad)
+
+
+def test_values_are_checked_against_field_types_at_load():
+    cfg = load_config(overrides=["classifier.lr=1e-3", "select.near_duplicate_similarity=0.9",
+                                 "classifier.synthetic_share=null", "generate.target=120"])
+    assert isinstance(cfg.classifier.lr, float) and cfg.classifier.lr == 1e-3  # YAML 1.1 reads 1e-3 as a string
+    assert cfg.select.near_duplicate_similarity == 0.9 and cfg.generate.target == 120
+    with pytest.raises(ValueError, match="classifier.epochs: expected int, got 'ten'"):
+        load_config(overrides=["classifier.epochs=ten"])
+    with pytest.raises(ValueError, match="classifier.pretrained"):
+        load_config(overrides=["classifier.pretrained=maybe"])
+    with pytest.raises(ValueError, match="classifier.seeds"):
+        load_config(overrides=["classifier.seeds=3"])

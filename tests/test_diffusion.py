@@ -5,8 +5,8 @@ import torch
 from diffusers import DDPMScheduler
 
 from tailfill.config import DiffusionConfig
-from tailfill.diffusion import (SAMPLERS, TrainingDivergedError, build_unet, inpaint, load_inpainter, make_scheduler,
-                                null_label, train_diffusion)
+from tailfill.diffusion import (SCHEDULERS, InpaintPipeline, TrainingDivergedError, build_unet, diffusion_loss,
+                                make_scheduler, null_label, train_diffusion)
 from tailfill.io import load_tensors
 
 
@@ -33,7 +33,7 @@ def test_unet_is_an_inpainter_with_a_null_class():
     assert out.shape == (2, 3, 16, 16)
 
 
-@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+@pytest.mark.parametrize("sampler", sorted(SCHEDULERS))
 def test_inpaint_keeps_context_and_follows_guidance(sampler):
     torch.manual_seed(0)
     unet = build_unet(16, 3, (16, 32)).eval()
@@ -42,8 +42,8 @@ def test_inpaint_keeps_context_and_follows_guidance(sampler):
     masks = torch.zeros(2, 1, 16, 16)
     masks[:, :, 4:12, 4:12] = 1
     noise = torch.randn(2, 3, 16, 16)
-    a = inpaint(unet, sched, images, masks, torch.tensor([0, 1]), 1.0, 4, torch.Generator().manual_seed(0), noise)
-    b = inpaint(unet, sched, images, masks, torch.tensor([0, 1]), 3.0, 4, torch.Generator().manual_seed(0), noise)
+    a = InpaintPipeline(unet, sched)(images, masks, torch.tensor([0, 1]), guidance_scale=1.0, num_inference_steps=4, generator=torch.Generator().manual_seed(0), noise=noise)
+    b = InpaintPipeline(unet, sched)(images, masks, torch.tensor([0, 1]), guidance_scale=3.0, num_inference_steps=4, generator=torch.Generator().manual_seed(0), noise=noise)
     outside = masks.expand_as(images) == 0
     assert torch.equal(a[outside], images[outside])  # the real skin context is untouched
     assert not torch.allclose(a, b)  # guidance scale matters
@@ -62,7 +62,7 @@ class CountingUNet(torch.nn.Module):
         return self.unet(*args, **kwargs)
 
 
-@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+@pytest.mark.parametrize("sampler", sorted(SCHEDULERS))
 def test_strength_starts_part_way_and_leaves_the_next_call_unchanged(sampler):
     torch.manual_seed(0)
     unet = CountingUNet(build_unet(16, 3, (16, 32)).eval())
@@ -71,19 +71,19 @@ def test_strength_starts_part_way_and_leaves_the_next_call_unchanged(sampler):
     masks = torch.ones(2, 1, 16, 16)
     noise = torch.randn(2, 3, 16, 16)
     labels = torch.tensor([0, 1])
-    full = inpaint(unet, sched, images, masks, labels, 1.0, 10, torch.Generator().manual_seed(0), noise)
+    full = InpaintPipeline(unet, sched)(images, masks, labels, guidance_scale=1.0, num_inference_steps=10, generator=torch.Generator().manual_seed(0), noise=noise)
     assert unet.calls == 10
     unet.calls = 0
-    part = inpaint(unet, sched, images, masks, labels, 1.0, 10, torch.Generator().manual_seed(0), noise, strength=0.3)
+    part = InpaintPipeline(unet, sched)(images, masks, labels, guidance_scale=1.0, num_inference_steps=10, generator=torch.Generator().manual_seed(0), noise=noise, strength=0.3)
     assert unet.calls == 3  # only the last 30 % of the schedule is run
     assert not torch.allclose(part, full)
     # SDEdit from the input: a low strength stays nearer the input than sampling from pure noise
     assert (part - images).abs().mean() < (full - images).abs().mean()
     # a partial run must not leave state behind (e.g. a scheduler's begin index)
-    again = inpaint(unet, sched, images, masks, labels, 1.0, 10, torch.Generator().manual_seed(0), noise)
+    again = InpaintPipeline(unet, sched)(images, masks, labels, guidance_scale=1.0, num_inference_steps=10, generator=torch.Generator().manual_seed(0), noise=noise)
     assert torch.allclose(again, full)
     with pytest.raises(ValueError, match="strength"):
-        inpaint(unet, sched, images, masks, labels, 1.0, 10, strength=0.0)
+        InpaintPipeline(unet, sched)(images, masks, labels, guidance_scale=1.0, num_inference_steps=10, strength=0.0)
 
 
 def test_unknown_sampler():
@@ -104,8 +104,8 @@ def test_training_learns_and_resume_matches_uninterrupted(tmp_path):
     assert wa.keys() == wb.keys()
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
-    unet, sched_config = load_inpainter(resumed)
-    assert sched_config["num_train_timesteps"] == 1000
+    pipe = InpaintPipeline.from_pretrained(resumed, scheduler="ddim")
+    assert pipe.scheduler.config["num_train_timesteps"] == 1000 and isinstance(pipe.unet, torch.nn.Module)
 
 
 def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path):
@@ -116,4 +116,42 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path):
         poisoned = np.full(images.shape, np.nan, np.float32)  # e.g. corrupt inputs decoded as NaN
         train_diffusion(poisoned, labels, masks, 3, tiny_cfg(train_steps=40), tmp_path, device="cpu")
     assert (ckpt / "state.pt").read_bytes() == before  # the good checkpoint was not overwritten
-    load_inpainter(ckpt)  # still loadable
+    InpaintPipeline.from_pretrained(ckpt)  # still loadable
+
+
+def test_pipeline_saves_its_scheduler_and_loads_without_training_files(tmp_path):
+    torch.manual_seed(0)
+    sched = DDPMScheduler(num_train_timesteps=50, beta_schedule="squaredcos_cap_v2")
+    pipe = InpaintPipeline(build_unet(16, 3, (16, 32)).eval(), sched)
+    pipe.save_pretrained(tmp_path / "p", unet_subfolder="unet_ema")
+    again = InpaintPipeline.from_pretrained(tmp_path / "p", scheduler="ddpm")  # no train_info.json anywhere
+    assert again.scheduler.config["num_train_timesteps"] == 50
+    assert again.scheduler.config["beta_schedule"] == "squaredcos_cap_v2"
+    images, masks = torch.rand(1, 3, 16, 16) * 2 - 1, torch.ones(1, 1, 16, 16)
+    noise = torch.randn(1, 3, 16, 16)
+
+    def kw():  # DDPM steps draw noise too: the same generator seed for both
+        return dict(guidance_scale=2.0, num_inference_steps=3, noise=noise, generator=torch.Generator().manual_seed(1))
+
+    torch.testing.assert_close(again(images, masks, torch.tensor([1]), **kw()),
+                               InpaintPipeline(pipe.unet, make_scheduler("ddpm", sched.config))(
+                                   images, masks, torch.tensor([1]), **kw()))
+    with pytest.raises(FileNotFoundError, match="train-diffusion"):
+        InpaintPipeline.from_pretrained(tmp_path / "nothing")
+
+
+def test_diffusion_loss_weights_the_mask_and_min_snr():
+    pred, noise = torch.zeros(2, 3, 4, 4), torch.ones(2, 3, 4, 4)
+    masks = torch.zeros(2, 1, 4, 4)
+    torch.testing.assert_close(diffusion_loss(pred, noise, masks, 4.0), torch.tensor(1.0))
+    pred = noise.clone()
+    pred[:, :, :2] = 0  # error 1 in the top half only
+    masks[:, :, :2] = 1  # ... which is the mask
+    inside = diffusion_loss(pred, noise, masks, 4.0)
+    masks2 = 1 - masks  # the error now outside the mask
+    assert inside > diffusion_loss(pred, noise, masks2, 4.0)
+    torch.testing.assert_close(inside, torch.tensor(4 * 8 / (4 * 8 + 8) * 1.0))
+    # Min-SNR: a low-noise sample (SNR 50) is down-weighted to gamma / SNR, a noisy one (SNR 0.5) kept
+    snr = torch.tensor([50.0, 0.5])
+    weighted = diffusion_loss(pred, noise, masks, 1.0, snr, snr_gamma=5.0)
+    torch.testing.assert_close(weighted, 0.5 * (5 / 50 + 1.0) * diffusion_loss(pred, noise, masks, 1.0))

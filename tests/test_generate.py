@@ -5,7 +5,7 @@ import torch
 from diffusers import DDPMScheduler
 
 from tailfill.config import GenerateConfig
-from tailfill.diffusion import build_unet, make_scheduler
+from tailfill.diffusion import InpaintPipeline, build_unet, make_scheduler
 from tailfill.generate import choose_classes, fill_targets, make_plan, plan_masks, synthesize
 
 CLASSES = ["A", "B", "C", "D"]
@@ -63,9 +63,9 @@ def test_synthesised_images_do_not_depend_on_the_batch():
     assert masks.shape == (5, 16, 16) and (masks.sum(axis=(1, 2)) == 36 + 4 * 6).all()  # the 6x6 lesion grown by 1
     unet = build_unet(16, len(CLASSES), (16, 32)).eval()
     sched = make_scheduler("ddim", DDPMScheduler(num_train_timesteps=100).config)
-    a = synthesize(unet, sched, plan, images, masks, cfg)
+    a = synthesize(InpaintPipeline(unet, sched), plan, images, masks, cfg)
     cfg.batch_size = 3
-    b = synthesize(unet, sched, plan, images, masks, cfg)
+    b = synthesize(InpaintPipeline(unet, sched), plan, images, masks, cfg)
     assert a.shape == (5, 16, 16, 3) and a.dtype == np.uint8
     assert np.abs(a.astype(int) - b.astype(int)).max() <= 1  # rounding only
     outside = masks == 0

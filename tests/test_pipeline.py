@@ -13,7 +13,7 @@ import yaml
 
 from tailfill.cli import main
 from tailfill.data.sources import ISIC2019_CLASSES
-from tailfill.pipeline import STAGES
+from tailfill.stages import STAGES
 
 from conftest import tiny_overrides
 
@@ -73,7 +73,10 @@ def test_provenance_and_leakage_guards(finished_run):
         assert set(frame["image"]) == test_ids
         np.testing.assert_allclose(frame[ISIC2019_CLASSES].sum(axis=1), 1, atol=1e-4)
     selection = pd.read_csv(run / "selection" / "selection.csv")
-    assert not (selection["used"] & ~selection["kept"]).any()
+    assert not (selection["used"] & ~selection["eligible"]).any()
+    # eligible = every filter passed; used = at most each class's deficit of them
+    assert (selection["eligible"] == (selection["within_threshold"] & selection["within_keep_fraction"]
+                                      & ~selection["near_copy"])).all()
     aug = json.loads(next(run.glob("classifier/augmented/*/seed_0/metrics.json")).read_text())
     real = json.loads(next(run.glob("classifier/baseline/ce/seed_0/metrics.json")).read_text())
     extra = np.array(aug["train_counts"]) - np.array(real["train_counts"])
@@ -175,12 +178,12 @@ def test_generation_shards_split_across_processes(finished_run, tmp_path):
     """Under `accelerate launch` process r makes shards r, r+world, ...; together they make the same set."""
     from tailfill.generate import generate
     from tailfill.io import read_table
-    from tailfill.pipeline import Run
+    from tailfill.run import Run
 
     run = Run.open(finished_run[0])
-    x, _, _, sel = run.split("train")
-    plan = read_table(run.dir / "synthetic" / "plan.csv")
-    args = (plan, x, run.data["masks"][sel], run.dir / "diffusion" / "checkpoint", tmp_path, run.cfg.generate)
+    train = run.data.split("train")
+    plan = read_table(run.paths.plan)
+    args = (plan, train.images, train.masks, run.paths.checkpoint, tmp_path, run.cfg.generate)
     assert len(generate(*args, rank=1, world=2)) == 0  # rank 0's shards are still missing
     done = sorted(p.name for p in (tmp_path / "shards").glob("*.csv"))
     assert done and all(int(n[6:11]) % 2 == 1 for n in done)

@@ -31,7 +31,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .evaluate import balanced_accuracy, classification_metrics
 from .io import load_tensors, read_json, save_tensors, write_json
+from .mixing import draw_probabilities
+from .training import check_finite, make_accelerator, to_model_range
 
 log = logging.getLogger(__name__)
 
@@ -82,11 +85,6 @@ class Classifier(nn.Module):
         return self.head(self.backbone(x))
 
 
-def normalize(images_u8: torch.Tensor) -> torch.Tensor:
-    """(N, H, W, 3) uint8 -> (N, 3, H, W) float in [-1, 1]."""
-    return images_u8.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-
-
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Per-sample flips, 90-degree turns, shift (reflect pad + crop) and brightness on a float batch."""
     n, _, h, w = x.shape
@@ -121,33 +119,31 @@ class LongTailLoss(nn.Module):
         m = 1.0 / counts ** 0.25
         self.register_buffer("margins", torch.tensor(m * (0.5 / m.max()), dtype=torch.float32))
 
-    def forward(self, logits, y, progress: float = 0.0):
+    def forward(self, logits, y, progress: float = 0.0, sample_weight: torch.Tensor | None = None):
+        """Mean loss over the batch; ``sample_weight`` (per image, e.g. lower for synthetic ones) re-weights it."""
+        class_weight = None
         if self.kind == "ce":
-            return F.cross_entropy(logits, y)
-        if self.kind == "logit_adjust":
-            return F.cross_entropy(logits + self.log_prior, y)
-        if self.kind in ("focal", "cb_focal"):
+            loss = F.cross_entropy(logits, y, reduction="none")
+        elif self.kind == "logit_adjust":
+            loss = F.cross_entropy(logits + self.log_prior, y, reduction="none")
+        elif self.kind in ("focal", "cb_focal"):
             gamma = 2.0 if self.kind == "focal" else 1.0
             logp = F.log_softmax(logits, 1).gather(1, y[:, None]).squeeze(1)
             loss = -((1 - logp.exp()) ** gamma) * logp
             if self.kind == "cb_focal":
                 loss = loss * self.cb_weights[y]
-            return loss.mean()
-        if self.kind == "ldam":
+        elif self.kind == "ldam":
             s = 30.0  # logits are cosines in [-1, 1]: scale them
             adjusted = logits - F.one_hot(y, logits.shape[1]) * self.margins[None, :]
-            weight = self.drw_weights if (self.drw and progress >= 0.75) else None  # deferred re-weighting
-            return F.cross_entropy(s * adjusted, y, weight=weight)
-        raise ValueError(f"unknown loss {self.kind!r}")
-
-
-def sampling_probabilities(labels: np.ndarray, sampler: str) -> np.ndarray | None:
-    if sampler == "natural":
-        return None
-    counts = np.bincount(labels).astype(np.float64)
-    power = {"balanced": 0.0, "sqrt": 0.5}[sampler]
-    p = counts[labels] ** (power - 1.0)
-    return p / p.sum()
+            loss = F.cross_entropy(s * adjusted, y, reduction="none")
+            if self.drw and progress >= 0.75:  # deferred re-weighting: a weighted mean, as cross_entropy's weight=
+                class_weight = self.drw_weights[y]
+        else:
+            raise ValueError(f"unknown loss {self.kind!r}")
+        w = torch.ones_like(loss) if sample_weight is None else sample_weight.to(loss)
+        if class_weight is not None:
+            w = w * class_weight
+        return (w * loss).sum() / w.sum()
 
 
 @dataclass
@@ -164,7 +160,7 @@ class TrainedClassifier:
         device = next(self.model.parameters()).device
         out = []
         for i in range(0, len(images_u8), batch_size):
-            x = normalize(torch.as_tensor(np.asarray(images_u8[i:i + batch_size])).to(device))
+            x = to_model_range(torch.as_tensor(np.asarray(images_u8[i:i + batch_size])).to(device))
             z = self.model(x).float()
             if METHODS[self.method].get("head") == "cosine":
                 z = 30.0 * z
@@ -184,7 +180,7 @@ class TrainedClassifier:
     def features(self, images_u8: np.ndarray, batch_size: int = 256) -> np.ndarray:
         self.model.eval()
         device = next(self.model.parameters()).device
-        feats = [self.model.features(normalize(torch.as_tensor(np.asarray(images_u8[i:i + batch_size])).to(device)))
+        feats = [self.model.features(to_model_range(torch.as_tensor(np.asarray(images_u8[i:i + batch_size])).to(device)))
                  .float().cpu() for i in range(0, len(images_u8), batch_size)]
         return torch.cat(feats).numpy() if feats else np.zeros((0, self.model.backbone.num_features), np.float32)
 
@@ -204,26 +200,26 @@ class TrainedClassifier:
                    info["history"])
 
 
-def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
-    recalls = [np.mean(y_pred[y_true == c] == c) for c in range(num_classes) if np.any(y_true == c)]
-    return float(np.mean(recalls)) if recalls else float("nan")
-
-
 def train_classifier(train_images: np.ndarray, train_labels: np.ndarray, val_images: np.ndarray,
                      val_labels: np.ndarray, classes: list, method: str, cfg, seed: int = 0,
-                     device: str = "auto") -> TrainedClassifier:
-    """Train with ``method`` and keep the epoch with the best *validation* balanced accuracy."""
-    from accelerate import Accelerator
+                     device: str = "auto", synthetic: np.ndarray | None = None) -> TrainedClassifier:
+    """Train with ``method`` and keep the epoch with the best *validation* balanced accuracy.
 
+    ``cfg`` is a :class:`~tailfill.config.ClassifierConfig`. ``synthetic`` marks generated training
+    images: their share of each class's draws is capped by ``cfg.synthetic_share`` and their loss
+    weighted by ``cfg.synthetic_loss_weight``. With ``cfg.retrain_head`` the head is then re-trained
+    on the real images only (see :func:`retrain_head`).
+    """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     spec = METHODS[method]
     num_classes = len(classes)
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=(device == "cpu"))
+    accelerator = make_accelerator(cfg.mixed_precision, device)
     counts = np.bincount(train_labels, minlength=num_classes)
     if (counts == 0).any():
         empty = [classes[i] for i in np.flatnonzero(counts == 0)]
         raise ValueError(f"no training images for class(es) {', '.join(empty)}")
+    synthetic = np.zeros(len(train_labels), bool) if synthetic is None else np.asarray(synthetic, bool)
     torch.manual_seed(seed)
     model = Classifier(cfg.backbone, num_classes, spec.get("head", "linear"), cfg.pretrained)
     criterion = LongTailLoss(spec["loss"], counts, spec.get("drw", False)).to(accelerator.device)
@@ -232,11 +228,13 @@ def train_classifier(train_images: np.ndarray, train_labels: np.ndarray, val_ima
     total = cfg.epochs * steps_per_epoch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.15)
     model, opt = accelerator.prepare(model, opt)
-    probs = sampling_probabilities(train_labels, spec["sampler"])
+    probs = draw_probabilities(train_labels, spec["sampler"], synthetic, cfg.synthetic_share)
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     images_t = torch.as_tensor(train_images)
     labels_t = torch.as_tensor(train_labels, dtype=torch.long)
+    sample_w = torch.as_tensor(np.where(synthetic, cfg.synthetic_loss_weight, 1.0), dtype=torch.float32)
+    weighted = bool(synthetic.any()) and cfg.synthetic_loss_weight != 1.0
     log_prior = np.log(counts / counts.sum())
     result = TrainedClassifier(accelerator.unwrap_model(model), list(classes), method, log_prior, [])
     best, best_state = -1.0, None
@@ -252,20 +250,18 @@ def train_classifier(train_images: np.ndarray, train_labels: np.ndarray, val_ima
             idx = torch.as_tensor(order[i * cfg.batch_size:(i + 1) * cfg.batch_size])
             if len(idx) < 2:
                 continue
-            x = augment(normalize(images_t[idx]), gen).to(accelerator.device)
+            x = augment(to_model_range(images_t[idx]), gen).to(accelerator.device)
             y = labels_t[idx].to(accelerator.device)
+            w = sample_w[idx].to(accelerator.device) if weighted else None
             with accelerator.autocast():
-                loss = criterion(model(x).float(), y, epoch / cfg.epochs)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"classifier loss became {loss.item()} in epoch {epoch} ({method}); "
-                                         "lower classifier.lr")
+                loss = criterion(model(x).float(), y, epoch / cfg.epochs, w)
+            check_finite(loss, f"classifier {method}, epoch {epoch}", "lower classifier.lr")
             opt.zero_grad(set_to_none=True)
             accelerator.backward(loss)
             opt.step()
             sched.step()
             losses.append(loss.item())
-        val_pred = result.logits(val_images).argmax(1)
-        val_bacc = balanced_accuracy(val_labels, val_pred, num_classes)
+        val_bacc = balanced_accuracy(val_labels, result.logits(val_images).argmax(1), num_classes)
         result.history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_balanced_accuracy": val_bacc,
                                "seconds": time.time() - t0})
         log.debug("%s epoch %d loss %.4f val bacc %.3f", method, epoch + 1, np.mean(losses), val_bacc)
@@ -273,4 +269,80 @@ def train_classifier(train_images: np.ndarray, train_labels: np.ndarray, val_ima
             best, best_state = val_bacc, copy.deepcopy(result.model.state_dict())
     result.model.load_state_dict(best_state)
     result.model.eval()
+    if cfg.retrain_head:
+        retrain_head(result, train_images[~synthetic], train_labels[~synthetic], val_images, val_labels, cfg, seed)
     return result
+
+
+def retrain_head(result: TrainedClassifier, images: np.ndarray, labels: np.ndarray, val_images: np.ndarray,
+                 val_labels: np.ndarray, cfg, seed: int = 0, views: int = 4) -> TrainedClassifier:
+    """Classifier re-training (cRT, Kang et al. 2020): freeze the backbone, re-initialise the head and train
+    it with class-balanced sampling on ``images`` (the real ones) for ``cfg.head_epochs``; keeps the epoch
+    with the best validation balanced accuracy (the unchanged head competes too). Features are taken once,
+    over ``views`` augmented copies of each image."""
+    model = result.model
+    num_classes = len(result.classes)
+    device = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        model.eval()
+        x = to_model_range(torch.as_tensor(images))
+        feats = torch.cat([torch.cat([model.features(augment(x[i:i + 256], gen).to(device)).float().cpu()
+                                      for i in range(0, len(x), 256)]) for _ in range(views)])
+    ys = torch.as_tensor(np.tile(labels, views), dtype=torch.long)
+    scale = 30.0 if METHODS[result.method].get("head") == "cosine" else 1.0
+    probs = draw_probabilities(ys.numpy(), "balanced")
+    rng = np.random.default_rng(seed)
+
+    def val_score():
+        return balanced_accuracy(val_labels, result.logits(val_images).argmax(1), num_classes)
+
+    best, best_state = val_score(), copy.deepcopy(model.head.state_dict())
+    torch.manual_seed(seed)
+    head = model.head
+    for p in head.parameters():  # re-initialised: the old head learnt the old class balance
+        torch.nn.init.normal_(p, std=0.01) if p.dim() > 1 else torch.nn.init.zeros_(p)
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    for epoch in range(cfg.head_epochs):
+        head.train()
+        order = rng.choice(len(ys), size=len(ys), p=probs)
+        for i in range(0, len(order), cfg.batch_size):
+            idx = torch.as_tensor(order[i:i + cfg.batch_size])
+            loss = F.cross_entropy(scale * head(feats[idx].to(device)), ys[idx].to(device))
+            check_finite(loss, f"head re-training, epoch {epoch}", "lower classifier.lr")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        score = val_score()
+        result.history.append({"epoch": f"head {epoch + 1}", "val_balanced_accuracy": score})
+        if score > best:
+            best, best_state = score, copy.deepcopy(head.state_dict())
+    head.load_state_dict(best_state)
+    model.eval()
+    # the head now saw every class equally often: a post-hoc prior correction would correct twice
+    result.log_prior = np.full(num_classes, -np.log(num_classes))
+    return result
+
+
+@dataclass
+class FitResult:
+    """A trained classifier and its scores: metrics on validation and test, test probabilities."""
+
+    model: TrainedClassifier
+    val: dict
+    test: dict
+    test_proba: np.ndarray
+    seconds: float
+
+
+def fit_and_score(train, val: tuple, test: tuple, classes: list, method: str, cfg, seed: int = 0,
+                  device: str = "auto") -> FitResult:
+    """Train one classifier on ``train`` (a :class:`~tailfill.mixing.TrainingSet`) and score it on the real
+    ``val`` and ``test`` ``(images, labels)``: the one rule the pipeline and the benchmark both use."""
+    t0 = time.time()
+    (val_x, val_y), (test_x, test_y) = val, test
+    model = train_classifier(train.images, train.labels, val_x, val_y, classes, method, cfg, seed, device,
+                             synthetic=train.synthetic)
+    proba = model.predict_proba(test_x)
+    return FitResult(model, classification_metrics(val_y, model.predict_proba(val_x), classes),
+                     classification_metrics(test_y, proba, classes), proba, time.time() - t0)

@@ -38,12 +38,12 @@ def final_table(run) -> str:
     from .io import read_json, read_table
     from .report import gains_table, summary_table
 
-    summary = read_json(run.dir / "results" / "summary.json")
-    classes = run.data["classes"]
+    summary = read_json(run.paths.summary)
+    classes = run.data.classes
     text = [summary_table(summary, classes).to_string(index=False)]
     aug = [m for m in summary if m.startswith("augmented:")]
     if aug:
-        results = read_table(run.dir / "results" / "results.csv")
+        results = read_table(run.paths.results)
         base = "baseline:" + aug[0].split(":", 1)[1]
         text += ["", f"per-class recall, {base} -> {aug[0]}:",
                  gains_table(results, base, aug[0], classes).to_string(index=False, float_format="%.3f")]
@@ -51,7 +51,7 @@ def final_table(run) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .pipeline import STAGES
+    from .stages import STAGES
 
     parser = argparse.ArgumentParser(prog="tailfill", description=__doc__)
     parser.add_argument("--version", action="version", version=f"tailfill {__version__}")
@@ -95,19 +95,21 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted; resume with `tailfill run --resume --run-dir ...`", file=sys.stderr)
         return 130
     except Exception as e:  # one clear line for the user; --debug for the traceback
-        from .pipeline import RunDirError
+        from .run import RunDirError
         from .data import DataError, ImageError
-        from .diffusion import TrainingDivergedError
+        from .training import TrainingDivergedError
 
         if args.debug or not isinstance(e, (RunDirError, DataError, ImageError, TrainingDivergedError, ValueError,
-                                            FileNotFoundError, FloatingPointError, RuntimeError)):
+                                            FileNotFoundError, RuntimeError)):
             raise
         print(f"tailfill: error: {e}", file=sys.stderr)
         return 2
 
 
 def _dispatch(args) -> int:
-    from .pipeline import STAGES, Run, run_all, run_stage
+    from .run import Run
+    from .stages import STAGES, run_all, run_stage
+    from .training import process_info, resolve_device
 
     if args.command == "demo-data":
         from .data import make_demo_dataset
@@ -134,11 +136,9 @@ def _dispatch(args) -> int:
             raise ValueError(f"unknown stage(s) {', '.join(unknown)}; known: {', '.join(STAGES)}")
         t0 = time.time()
         run_all(run, stages)
-        from .pipeline import _dist
-
-        if _dist()[0] == 0 and run.is_done("evaluate"):
+        if process_info().is_main and run.is_done("evaluate"):
             print(final_table(run))
-            print(f"\nrun finished in {time.time() - t0:.0f} s; report: {run.dir / 'report' / 'report.md'}")
+            print(f"\nrun finished in {time.time() - t0:.0f} s; report: {run.paths.report_dir / 'report.md'}")
         return 0
 
     # a single stage: an existing run directory, or a new one for `prepare`
@@ -154,8 +154,6 @@ def _dispatch(args) -> int:
         run = Run.open(run_dir)
     if args.device:
         run.cfg.device = args.device
-        from .pipeline import resolve_device
-
         run.device = resolve_device(args.device)
     _setup_logging(run.dir, args.verbose)
     run_stage(run, args.command, force=args.force)

@@ -7,6 +7,7 @@ A YAML file overrides any subset, e.g. ``configs/isic2019.yaml``.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -22,6 +23,8 @@ class DataConfig:
     image_size: int = 32               # side of the cached square images every stage works on
     val_fraction: float = 0.15         # held-out real images: model selection and OOD calibration
     test_fraction: float = 0.2
+    val_per_class: Optional[int] = None   # instead of val_fraction: this many images of every class (whole
+    test_per_class: Optional[int] = None  # lesions), balanced held-out sets that measure the tail classes
     imbalance_ratio: Optional[float] = None  # thin the *training* split to this head/tail ratio; None: keep as
     # is (for kind=demo, None means 20: the demo set is mildly imbalanced so its val/test splits stay sizeable)
     max_per_class: Optional[int] = None      # cap images per class before splitting (quick experiments)
@@ -48,6 +51,7 @@ class DiffusionConfig:
     lesion_mask_prob: float = 0.8      # share of training masks that cover the lesion (rest: random shapes)
     mask_loss_weight: float = 4.0      # extra loss weight inside the mask, where the class must show
     class_sampling_power: float = 0.5  # draw class c with p ~ n_c**power: 1 natural, 0 balanced, 0.5 between
+    snr_gamma: Optional[float] = None  # Min-SNR-gamma loss weighting (e.g. 5); None: plain epsilon MSE
     checkpoint_every: int = 250
     mixed_precision: str = "no"        # no | fp16 | bf16 (GPU only)
     log_every: int = 100
@@ -77,6 +81,7 @@ class SelectConfig:
     k: int = 5                         # knn: neighbours
     real_quantile: float = 0.95        # threshold = this quantile of held-out real scores of the class
     keep_fraction: float = 1.0         # then keep at most this fraction of each class's best scores
+    fill_fraction: float = 1.0         # use eligible images for at most this share of each class's deficit
     near_duplicate_similarity: Union[str, float] = "auto"  # centred cosine similarity to a training image above
     # which a sample is a copy; "auto": the 99th percentile of held-out real images' similarity
     feature_method: Optional[str] = None  # which baseline's classifier gives the features (default: best on val)
@@ -94,6 +99,10 @@ class ClassifierConfig:
     augmented_method: str = "best"    # which method trains on real+synthetic; "best" = best baseline on val
     seeds: list = field(default_factory=lambda: [0, 1])
     synthetic_max_ratio: Optional[float] = None  # cap synthetic images per class at ratio x real (None: no cap)
+    synthetic_share: Optional[float] = None  # cap the synthetic share of each class's draws (None: no cap)
+    synthetic_loss_weight: float = 1.0  # loss weight of a synthetic image relative to a real one
+    retrain_head: bool = False         # cRT: then re-train the head on real images only, class-balanced
+    head_epochs: int = 10              # epochs of that head re-training
     mixed_precision: str = "no"
 
 
@@ -123,14 +132,51 @@ def _build(cls, values: dict, where: str):
     if unknown:
         raise ValueError(f"unknown config key(s) {', '.join(where + k for k in unknown)}; "
                          f"known: {', '.join(sorted(fields))}")
+    hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in values.items():
         default = getattr(cls(), name)
         if dataclasses.is_dataclass(default):
             kwargs[name] = _build(type(default), value or {}, f"{where}{name}.")
         else:
-            kwargs[name] = value
+            kwargs[name] = _coerce(value, hints[name], where + name)
     return cls(**kwargs)
+
+
+def _coerce(value, hint, key: str):
+    """``value`` as the field's type, or a ValueError naming ``key``. YAML 1.1 reads ``1e-3`` as a string:
+    numbers written so become floats; anything that is not the field's type is refused here, at load."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is Union:
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in sorted((a for a in args if a is not type(None)), key=lambda a: a is str):  # str last
+            try:
+                return _coerce(value, option, key)
+            except ValueError as e:
+                errors.append(e)
+        raise ValueError(f"config key {key}: expected {' or '.join(_name(a) for a in args)}, got {value!r}")
+    if hint is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    elif hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    elif hint is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    elif hint in (bool, str) and isinstance(value, hint):
+        return value
+    elif hint is list and isinstance(value, (list, tuple)):
+        return list(value)
+    elif hint is Any:
+        return value
+    raise ValueError(f"config key {key}: expected {_name(hint)}, got {value!r}")
+
+
+def _name(t) -> str:
+    return "null" if t is type(None) else getattr(t, "__name__", str(t))
 
 
 def config_from_dict(values: dict | None) -> Config:
@@ -163,31 +209,45 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def validate(cfg: Config) -> None:
+    """Cross-field checks; allowed names come from the registries (dataset kinds, schedulers, scorers, methods)."""
+    from .classify import METHODS
+    from .data.prepare import DATASETS
+    from .diffusion import SCHEDULERS
+    from .ood import SCORERS
+
     def check(cond: bool, msg: str):
         if not cond:
             raise ValueError(f"invalid config: {msg}")
 
-    check(cfg.data.kind in {"demo", "isic2019", "folder", "csv"}, f"data.kind={cfg.data.kind!r}")
-    check(cfg.data.kind == "demo" or cfg.data.root or cfg.data.csv, "data.root is required for real data")
-    check(cfg.data.image_size >= 8 and cfg.data.image_size % 8 == 0, "data.image_size must be a multiple of 8")
-    check(0 < cfg.data.val_fraction < 0.5 and 0 < cfg.data.test_fraction < 0.5, "split fractions in (0, 0.5)")
-    check(cfg.data.on_bad_image in {"error", "skip"}, "data.on_bad_image is error or skip")
-    check(cfg.generate.sampler in {"ddpm", "ddim", "dpmsolver++"}, f"generate.sampler={cfg.generate.sampler!r}")
-    check(cfg.generate.mask_source in {"auto", "user", "random"}, "generate.mask_source is auto, user or random")
-    check(cfg.generate.mask_source != "user" or cfg.data.masks_dir, "mask_source=user needs data.masks_dir")
-    check(0 < cfg.generate.strength <= 1, "generate.strength in (0, 1]")
-    cc = cfg.generate.context_classes
-    check(cc in ("all", "same") or isinstance(cc, list), "generate.context_classes is all, same or a list of classes")
-    check(cfg.select.method in {"mahalanobis", "knn", "none"}, f"select.method={cfg.select.method!r}")
-    check(0 < cfg.select.keep_fraction <= 1, "select.keep_fraction in (0, 1]")
-    check(0 < cfg.select.real_quantile <= 1, "select.real_quantile in (0, 1]")
-    nd = cfg.select.near_duplicate_similarity
+    def one_of(value, allowed, key: str):
+        check(value in allowed, f"{key}={value!r}; choose from {', '.join(allowed)}")
+
+    d, g, s, c = cfg.data, cfg.generate, cfg.select, cfg.classifier
+    one_of(d.kind, DATASETS, "data.kind")
+    check(d.kind == "demo" or d.root or d.csv, "data.root is required for real data")
+    check(d.image_size >= 8 and d.image_size % 8 == 0, "data.image_size must be a multiple of 8")
+    check(0 < d.val_fraction < 0.5 and 0 < d.test_fraction < 0.5, "split fractions in (0, 0.5)")
+    check(all(n is None or n > 0 for n in (d.val_per_class, d.test_per_class)),
+          "data.val_per_class and data.test_per_class are positive (or null)")
+    one_of(d.on_bad_image, ("error", "skip"), "data.on_bad_image")
+    one_of(g.sampler, SCHEDULERS, "generate.sampler")
+    one_of(g.mask_source, ("auto", "user", "random"), "generate.mask_source")
+    check(g.mask_source != "user" or d.masks_dir, "mask_source=user needs data.masks_dir")
+    check(0 < g.strength <= 1, "generate.strength in (0, 1]")
+    check(g.context_classes in ("all", "same") or isinstance(g.context_classes, list),
+          "generate.context_classes is all, same or a list of classes")
+    one_of(s.method, list(SCORERS) + ["none"], "select.method")
+    check(0 < s.keep_fraction <= 1, "select.keep_fraction in (0, 1]")
+    check(0 < s.real_quantile <= 1, "select.real_quantile in (0, 1]")
+    check(0 <= s.fill_fraction, "select.fill_fraction >= 0")
+    nd = s.near_duplicate_similarity
     check(nd == "auto" or (isinstance(nd, (int, float)) and -1 <= nd <= 1),
           "select.near_duplicate_similarity is auto or a cosine similarity in [-1, 1]")
-    check(len(cfg.classifier.seeds) > 0, "classifier.seeds must not be empty")
-    check(len(cfg.classifier.methods) > 0, "classifier.methods must not be empty")
-    from .classify import METHODS
-
-    for m in cfg.classifier.methods + ([] if cfg.classifier.augmented_method == "best" else [cfg.classifier.augmented_method]):
-        check(m in METHODS, f"unknown classifier method {m!r}; known: {', '.join(METHODS)}")
+    check(len(c.seeds) > 0, "classifier.seeds must not be empty")
+    check(len(c.methods) > 0, "classifier.methods must not be empty")
+    for m in c.methods + ([] if c.augmented_method == "best" else [c.augmented_method]):
+        check(m in METHODS, f"unknown classifier method {m!r}; choose from {', '.join(METHODS)}")
+    check(c.synthetic_share is None or 0 <= c.synthetic_share <= 1, "classifier.synthetic_share in [0, 1]")
+    check(c.synthetic_loss_weight > 0, "classifier.synthetic_loss_weight > 0")
     check(cfg.diffusion.train_steps > 0 and cfg.diffusion.batch_size > 0, "diffusion steps and batch size > 0")
+    check(cfg.diffusion.snr_gamma is None or cfg.diffusion.snr_gamma > 0, "diffusion.snr_gamma > 0 (or null)")

@@ -3,7 +3,11 @@
 The model is a ``diffusers.UNet2DModel`` whose input stacks 7 channels -- the noisy image, the
 masked image (lesion region zeroed) and the mask -- and whose class embedding has one extra
 "null" class. Dropping labels to null during training gives classifier-free guidance at sampling
-time. Any ``diffusers`` scheduler built ``from_config`` of the training scheduler samples it.
+time. :class:`InpaintPipeline` pairs the UNet with any ``diffusers`` scheduler built ``from_config``
+of the training one, and saves both into one folder, like a diffusers pipeline.
+
+    pipe = InpaintPipeline.from_pretrained("run/diffusion/checkpoint", scheduler="ddim")
+    out = pipe(images, masks, labels, guidance_scale=2.0, num_inference_steps=20)
 """
 from __future__ import annotations
 
@@ -15,19 +19,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel
 from scipy import ndimage
 
-from .io import atomic_dir, load_state, read_json, recover_dir, save_state, write_json
+from .io import atomic_dir, load_state, recover_dir, save_state, write_json
 from .masks import random_shape_mask
+from .training import (TrainingDivergedError, check_finite, class_power_probabilities, make_accelerator,
+                       to_model_range)
 
 log = logging.getLogger(__name__)
 
-SAMPLERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpmsolver++": DPMSolverMultistepScheduler}
+# noise schedulers that sample a trained model (not to be confused with class re-sampling or MaskSampler)
+SCHEDULERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpmsolver++": DPMSolverMultistepScheduler}
 
-
-class TrainingDivergedError(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+__all__ = ["SCHEDULERS", "InpaintPipeline", "MaskSampler", "TrainingDivergedError", "build_unet", "diffusion_loss",
+           "make_scheduler", "null_label", "train_diffusion"]
 
 
 def build_unet(image_size: int, num_classes: int, block_out_channels=(32, 64, 64), layers_per_block: int = 1,
@@ -52,24 +59,13 @@ def null_label(unet: UNet2DModel) -> int:
 
 def make_scheduler(name: str, train_scheduler_config) -> object:
     """A sampler of kind ``name`` (ddpm | ddim | dpmsolver++) matching the training noise schedule."""
-    if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
+    if name not in SCHEDULERS:
+        raise ValueError(f"unknown sampler {name!r}; choose from {', '.join(SCHEDULERS)}")
     kwargs = {"timestep_spacing": "trailing"}  # start from pure noise even with few steps
     if name == "dpmsolver++":
         # pixel-space data prediction: without thresholding x0 = (x - sigma eps) / alpha explodes at high noise
         kwargs.update(algorithm_type="dpmsolver++", solver_order=2, thresholding=True, sample_max_value=1.0)
-    return SAMPLERS[name].from_config(train_scheduler_config, **kwargs)
-
-
-def to_model_range(images_u8: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """(N, H, W, 3) uint8 -> (N, 3, H, W) float in [-1, 1]."""
-    x = torch.as_tensor(np.asarray(images_u8))
-    return x.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """(N, 3, H, W) float in [-1, 1] -> (N, H, W, 3) uint8."""
-    return x.clamp(-1, 1).add(1).mul(127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    return SCHEDULERS[name].from_config(train_scheduler_config, **kwargs)
 
 
 def model_input(noisy, images, masks):
@@ -77,49 +73,90 @@ def model_input(noisy, images, masks):
     return torch.cat([noisy, images * (1 - masks), masks], dim=1)
 
 
-@torch.no_grad()
-def inpaint(unet: UNet2DModel, scheduler, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor,
-            guidance_scale: float = 2.0, num_inference_steps: int = 20,
-            generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
-            strength: float = 1.0) -> torch.Tensor:
-    """Fill ``masks`` (B,1,H,W, 1 = generate) in ``images`` (B,3,H,W in [-1,1]) with class ``labels``.
+class InpaintPipeline:
+    """A UNet and a scheduler that fill masked regions with new lesions of a given class."""
 
-    Classifier-free guidance: eps = eps(null) + scale * (eps(label) - eps(null)); scale 1 is plain
-    conditional sampling. Outside the mask the result is exactly the input image. ``noise`` (the
-    starting noise) makes each image reproducible on its own, whatever batch it is drawn in.
-    ``strength`` < 1 starts from the input image noised to that fraction of the schedule instead of
-    pure noise (SDEdit): the new lesion keeps the old one's layout and takes the class's look.
-    """
-    if not 0.0 < strength <= 1.0:
-        raise ValueError(f"strength must be in (0, 1], got {strength}")
-    device = next(unet.parameters()).device
-    images, masks, labels = images.to(device), masks.to(device), labels.to(device)
-    scheduler.set_timesteps(num_inference_steps, device=device)
-    if noise is None:
-        noise = torch.randn(images.shape, generator=generator, device="cpu")
-    noise = noise.to(device)
-    timesteps = scheduler.timesteps
-    if strength < 1.0:
-        start = min(len(timesteps) - 1, int(round(len(timesteps) * (1.0 - strength))))
-        timesteps = timesteps[start:]
-        if hasattr(scheduler, "set_begin_index"):
-            scheduler.set_begin_index(start)
-        x = scheduler.add_noise(images, noise, timesteps[:1].repeat(len(images)))
-    else:
-        x = noise * scheduler.init_noise_sigma
-    nulls = torch.full_like(labels, null_label(unet))
-    step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
-    for t in timesteps:
-        inp = model_input(scheduler.scale_model_input(x, t), images, masks)
-        if guidance_scale == 1.0:
-            eps = unet(inp, t, class_labels=labels).sample
+    def __init__(self, unet: UNet2DModel, scheduler):
+        self.unet, self.scheduler = unet, scheduler
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    def save_pretrained(self, path: str | Path, unet_subfolder: str = "unet") -> None:
+        """``unet_subfolder/`` (safetensors + config) and ``scheduler/scheduler_config.json``."""
+        path = Path(path)
+        self.unet.save_pretrained(path / unet_subfolder)
+        self.scheduler.save_pretrained(path / "scheduler")
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, unet_subfolder: str = "unet_ema", scheduler: str | None = None,
+                        device: str = "cpu") -> "InpaintPipeline":
+        """Load a saved pipeline (or a training checkpoint); ``scheduler`` picks the sampler, default the
+        training scheduler (DDPM)."""
+        path = Path(path)
+        if not (path / unet_subfolder).is_dir() or not (path / "scheduler").is_dir():
+            raise FileNotFoundError(f"no inpainting pipeline at {path} (needs {unet_subfolder}/ and scheduler/); "
+                                    "run `tailfill train-diffusion` first")
+        unet = UNet2DModel.from_pretrained(path / unet_subfolder, use_safetensors=True).to(device).eval()
+        config = DDPMScheduler.load_config(path / "scheduler")
+        sched = make_scheduler(scheduler, config) if scheduler else DDPMScheduler.from_config(config)
+        return cls(unet, sched)
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor, *,
+                 guidance_scale: float = 2.0, num_inference_steps: int = 20, strength: float = 1.0,
+                 noise: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Fill ``masks`` (B,1,H,W, 1 = generate) in ``images`` (B,3,H,W in [-1,1]) with class ``labels``.
+
+        Classifier-free guidance: eps = eps(null) + scale * (eps(label) - eps(null)); scale 1 is plain
+        conditional sampling. Outside the mask the result is exactly the input image. ``noise`` (the
+        starting noise) makes each image reproducible on its own, whatever batch it is drawn in.
+        ``strength`` < 1 starts from the input image noised to that fraction of the schedule instead of
+        pure noise (SDEdit): the new lesion keeps the old one's layout and takes the class's look.
+        """
+        if not 0.0 < strength <= 1.0:
+            raise ValueError(f"strength must be in (0, 1], got {strength}")
+        unet, scheduler, device = self.unet, self.scheduler, self.device
+        images, masks, labels = images.to(device), masks.to(device), labels.to(device)
+        scheduler.set_timesteps(num_inference_steps, device=device)
+        if noise is None:
+            noise = torch.randn(images.shape, generator=generator, device="cpu")
+        noise = noise.to(device)
+        timesteps = scheduler.timesteps
+        if strength < 1.0:
+            start = min(len(timesteps) - 1, int(round(len(timesteps) * (1.0 - strength))))
+            timesteps = timesteps[start:]
+            if hasattr(scheduler, "set_begin_index"):
+                scheduler.set_begin_index(start)
+            x = scheduler.add_noise(images, noise, timesteps[:1].repeat(len(images)))
         else:
-            eps_c, eps_u = unet(torch.cat([inp, inp]), t, class_labels=torch.cat([labels, nulls])).sample.chunk(2)
-            eps = eps_u + guidance_scale * (eps_c - eps_u)
-        if step_kwargs and generator is not None and generator.device.type != x.device.type:
+            x = noise * scheduler.init_noise_sigma
+        nulls = torch.full_like(labels, null_label(unet))
+        step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
+        if generator is not None and generator.device.type != x.device.type:
             step_kwargs = {}  # a CPU generator can't drive CUDA noise; results stay seeded by the initial noise
-        x = scheduler.step(eps, t, x, **step_kwargs).prev_sample
-    return masks * x.clamp(-1, 1) + (1 - masks) * images
+        for t in timesteps:
+            inp = model_input(scheduler.scale_model_input(x, t), images, masks)
+            if guidance_scale == 1.0:
+                eps = unet(inp, t, class_labels=labels).sample
+            else:
+                eps_c, eps_u = unet(torch.cat([inp, inp]), t, class_labels=torch.cat([labels, nulls])).sample.chunk(2)
+                eps = eps_u + guidance_scale * (eps_c - eps_u)
+            x = scheduler.step(eps, t, x, **step_kwargs).prev_sample
+        return masks * x.clamp(-1, 1) + (1 - masks) * images
+
+
+def diffusion_loss(pred: torch.Tensor, noise: torch.Tensor, masks: torch.Tensor, mask_loss_weight: float = 1.0,
+                   snr: torch.Tensor | None = None, snr_gamma: float | None = None) -> torch.Tensor:
+    """Epsilon-prediction MSE, weighted ``mask_loss_weight`` inside the mask (where the class must show) and,
+    with ``snr_gamma``, by Min-SNR-gamma per sample (Hang et al. 2023): min(SNR, gamma) / SNR, so the
+    easy, low-noise steps stop dominating the gradient."""
+    w = 1 + (mask_loss_weight - 1) * masks
+    per_sample = (w * (pred.float() - noise) ** 2).flatten(1).mean(1) / w.flatten(1).mean(1)
+    if snr_gamma is not None:
+        per_sample = per_sample * (torch.clamp(snr, max=snr_gamma) / snr.clamp(min=1e-8))
+    return per_sample.mean()
 
 
 class MaskSampler:
@@ -148,13 +185,6 @@ class MaskSampler:
         return np.where(use_lesion[:, None, None], lesion, random).astype(np.float32)
 
 
-def class_sampling_weights(labels: np.ndarray, power: float) -> np.ndarray:
-    """Per-image probabilities so that class c is drawn with p ~ n_c ** power."""
-    counts = np.bincount(labels)
-    w = counts[labels].astype(np.float64) ** (power - 1.0)
-    return w / w.sum()
-
-
 def random_dihedral(x: torch.Tensor, m: torch.Tensor, rng: np.random.Generator):
     """One random flip/rotation for the whole batch: skin lesions have no up or down."""
     k = int(rng.integers(4))
@@ -166,18 +196,19 @@ def random_dihedral(x: torch.Tensor, m: torch.Tensor, rng: np.random.Generator):
 
 def train_diffusion(images_u8: np.ndarray, labels: np.ndarray, lesion_masks: np.ndarray, num_classes: int,
                     cfg, out_dir: str | Path, seed: int = 0, device: str = "auto", resume: bool = True) -> Path:
-    """Train the inpainting model on all classes; returns the directory with ``unet`` and ``unet_ema``.
+    """Train the inpainting model on all classes; returns the checkpoint folder, an :class:`InpaintPipeline`
+    (``unet/``, ``unet_ema/``, ``scheduler/``) plus the optimiser state.
 
-    Checkpoints every ``cfg.checkpoint_every`` steps into ``out_dir/checkpoint`` (atomically) and,
-    with ``resume``, continues from there. Batches and noise are seeded by step, so a resumed run
-    follows the same path as an uninterrupted one. Runs under Hugging Face Accelerate: launch
-    with ``accelerate launch`` for several GPUs.
+    ``cfg`` is a :class:`~tailfill.config.DiffusionConfig`. Checkpoints every ``cfg.checkpoint_every``
+    steps into ``out_dir/checkpoint`` (atomically) and, with ``resume``, continues from there. Batches
+    and noise are seeded by step, so a resumed run follows the same path as an uninterrupted one.
+    Runs under Hugging Face Accelerate: launch with ``accelerate launch`` for several GPUs.
     """
-    from accelerate import Accelerator
+    from diffusers.training_utils import compute_snr
 
     out_dir = Path(out_dir)
     ckpt = out_dir / "checkpoint"
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=(device == "cpu"))
+    accelerator = make_accelerator(cfg.mixed_precision, device)
     size = images_u8.shape[1]
     torch.manual_seed(seed)  # same initial weights on every process and every run
     unet = build_unet(size, num_classes, cfg.block_out_channels, cfg.layers_per_block, cfg.attention)
@@ -196,9 +227,8 @@ def train_diffusion(images_u8: np.ndarray, labels: np.ndarray, lesion_masks: np.
         log.info("diffusion: resuming from step %d", step)
     unet, opt = accelerator.prepare(unet, opt)
     ema.to(accelerator.device)
-    alphas = noise_sched.alphas_cumprod.to(accelerator.device)
 
-    weights = class_sampling_weights(labels, cfg.class_sampling_power)
+    weights = class_power_probabilities(labels, cfg.class_sampling_power)
     mask_sampler = MaskSampler(lesion_masks, cfg.lesion_mask_prob, seed)
     all_images = to_model_range(images_u8)
     labels_t = torch.as_tensor(labels, dtype=torch.long)
@@ -210,7 +240,7 @@ def train_diffusion(images_u8: np.ndarray, labels: np.ndarray, lesion_masks: np.
         if not accelerator.is_main_process:
             return
         with atomic_dir(ckpt) as tmp:
-            accelerator.unwrap_model(unet).save_pretrained(tmp / "unet")
+            InpaintPipeline(accelerator.unwrap_model(unet), noise_sched).save_pretrained(tmp, "unet")
             ema.save_pretrained(tmp / "unet_ema")
             save_state(tmp / "state.pt", {"optimizer": opt.state_dict() if not hasattr(opt, "optimizer")
                                           else opt.optimizer.state_dict(), "step": step, "history": history})
@@ -229,16 +259,14 @@ def train_diffusion(images_u8: np.ndarray, labels: np.ndarray, lesion_masks: np.
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, cfg.num_train_timesteps, (len(y),), generator=gen)
         x0, m, y, noise, t = (a.to(accelerator.device) for a in (x0, m, y, noise, t))
-        a = alphas[t].view(-1, 1, 1, 1)
-        noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        noisy = noise_sched.add_noise(x0, noise, t)
         with accelerator.autocast():
             pred = unet(model_input(noisy, x0, m), t, class_labels=y).sample
-        w = 1 + (cfg.mask_loss_weight - 1) * m  # the lesion region is where the class has to show
-        loss = (w * (pred.float() - noise) ** 2).mean() / w.mean()
-        if not torch.isfinite(loss):
-            raise TrainingDivergedError(
-                f"diffusion loss became {loss.item()} at step {step}; the last good checkpoint "
-                f"({ckpt}) is kept. Lower diffusion.lr or use fp32 (diffusion.mixed_precision=no).")
+        snr = compute_snr(noise_sched, t) if cfg.snr_gamma is not None else None
+        loss = diffusion_loss(pred, noise, m, cfg.mask_loss_weight, snr, cfg.snr_gamma)
+        check_finite(loss, f"diffusion step {step}",
+                     f"the last good checkpoint ({ckpt}) is kept. Lower diffusion.lr or use fp32 "
+                     "(diffusion.mixed_precision=no).")
         opt.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(unet.parameters(), 1.0)
@@ -258,18 +286,5 @@ def train_diffusion(images_u8: np.ndarray, labels: np.ndarray, lesion_masks: np.
             save_checkpoint()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        write_json(out_dir / "train_info.json", {"steps": step, "history": history, "parameters": nparams,
-                                                  "scheduler": dict(noise_sched.config)})
+        write_json(out_dir / "train_info.json", {"steps": step, "history": history, "parameters": nparams})
     return ckpt
-
-
-def load_inpainter(ckpt_dir: str | Path, use_ema: bool = True, device: str = "cpu"):
-    """Load ``(unet, train_scheduler_config)`` from a training checkpoint (safetensors weights)."""
-    ckpt_dir = Path(ckpt_dir)
-    sub = "unet_ema" if use_ema else "unet"
-    if not (ckpt_dir / sub).is_dir():
-        raise FileNotFoundError(f"no diffusion checkpoint at {ckpt_dir / sub}; run `tailfill train-diffusion` first")
-    unet = UNet2DModel.from_pretrained(ckpt_dir / sub, use_safetensors=True).to(device).eval()
-    info = read_json(ckpt_dir.parent / "train_info.json")
-    sched = DDPMScheduler.from_config(info["scheduler"])
-    return unet, sched.config

@@ -7,6 +7,12 @@ from scipy import stats
 from sklearn.metrics import confusion_matrix, roc_auc_score
 
 
+def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
+    """Mean per-class recall over the classes present in ``y_true``."""
+    recalls = [np.mean(y_pred[y_true == c] == c) for c in range(num_classes) if np.any(y_true == c)]
+    return float(np.mean(recalls)) if recalls else float("nan")
+
+
 def classification_metrics(y_true: np.ndarray, proba: np.ndarray, classes: list) -> dict:
     """Balanced accuracy (mean per-class recall, ISIC 2019's official metric) and per-class scores."""
     y_true = np.asarray(y_true)
@@ -61,3 +67,46 @@ def submission_frame(image_ids, proba: np.ndarray, classes: list, output_classes
     for name in output_classes:
         frame[name] = proba[:, classes.index(name)] if name in classes else 0.0
     return frame
+
+
+def metrics_record(kind: str, method: str, seed: int, fit, train_labels: np.ndarray, classes: list,
+                   **extra) -> dict:
+    """What is kept of one trained classifier (its ``metrics.json``): ``fit`` is a classify.FitResult."""
+    return {"kind": kind, "method": method, "seed": seed, "test": fit.test, "val": fit.val,
+            "train_seconds": round(fit.seconds, 2),
+            "train_counts": np.bincount(train_labels, minlength=len(classes)).tolist(), **extra}
+
+
+def results_table(records: list[dict]) -> pd.DataFrame:
+    """One row per trained classifier: model (kind:method), variant, seed, test and validation scores,
+    per-class recall/precision/F1/AUC."""
+    rows = []
+    for m in records:
+        row = {"model": f"{m['kind']}:{m['method']}", "variant": m.get("variant", f"{m['kind']}:{m['method']}"),
+               "kind": m["kind"], "method": m["method"], "seed": m["seed"],
+               "balanced_accuracy": m["test"]["balanced_accuracy"], "accuracy": m["test"]["accuracy"],
+               "macro_f1": m["test"]["macro_f1"], "val_balanced_accuracy": m["val"]["balanced_accuracy"],
+               "synthetic_images": m.get("synthetic_images", 0), "train_seconds": m["train_seconds"]}
+        for name, pc in m["test"]["per_class"].items():
+            row.update({f"recall_{name}": pc["recall"], f"precision_{name}": pc["precision"],
+                        f"f1_{name}": pc["f1"], f"auc_{name}": pc["auc"]})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def summarise(results: pd.DataFrame, by: str = "model") -> dict:
+    """Per model (or variant): mean and 95 % interval over seeds of balanced accuracy, macro F1 and recalls."""
+    summary = {}
+    for key, g in results.groupby(by, sort=False):
+        summary[key] = {col: dict(zip(("mean", "low", "high"), mean_ci(g[col])))
+                        for col in results.columns if col.startswith(("balanced_accuracy", "recall_", "macro_f1"))}
+        summary[key]["seeds"] = len(g)
+    return summary
+
+
+def best_method(results: pd.DataFrame, kind: str = "baseline") -> str:
+    """The method of ``kind`` with the best mean *validation* balanced accuracy (never test)."""
+    rows = results[results["kind"] == kind] if len(results) else results
+    if not len(rows):
+        raise ValueError(f"no {kind} results to choose a method from")
+    return str(rows.groupby("method", sort=False)["val_balanced_accuracy"].mean().idxmax())

@@ -18,10 +18,12 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from .diffusion import inpaint, load_inpainter, make_scheduler, to_model_range, to_uint8
+from scipy import ndimage
+
+from .diffusion import InpaintPipeline
 from .io import atomic_path, read_table, write_csv
 from .masks import load_user_mask, random_shape_mask
-from scipy import ndimage
+from .training import to_model_range, to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,12 @@ def fill_targets(counts: np.ndarray, chosen: list[int], target) -> dict[int, int
     if not isinstance(goal, (int, np.integer)) or goal <= 0:
         raise ValueError(f"generate.target must be median, max or a positive integer, got {target!r}")
     return {c: int(goal - counts[c]) for c in chosen if goal > counts[c]}
+
+
+def class_deficits(train_labels: np.ndarray, classes: list, cfg) -> dict[int, int]:
+    """{class index: synthetic images it needs}: the classes ``cfg.classes`` names, filled to ``cfg.target``."""
+    counts = np.bincount(np.asarray(train_labels), minlength=len(classes))
+    return fill_targets(counts, choose_classes(counts, classes, cfg.classes), cfg.target)
 
 
 def make_plan(train_frame: pd.DataFrame, classes: list, deficits: dict[int, int], cfg) -> pd.DataFrame:
@@ -95,7 +103,7 @@ def plan_masks(plan: pd.DataFrame, context_masks: np.ndarray | None, size: int, 
     return np.stack(masks) if masks else np.zeros((0, size, size), np.float32)
 
 
-def synthesize(unet, scheduler, plan: pd.DataFrame, context_images: np.ndarray, masks: np.ndarray,
+def synthesize(pipe: InpaintPipeline, plan: pd.DataFrame, context_images: np.ndarray, masks: np.ndarray,
                cfg) -> np.ndarray:
     """Inpaint every row of ``plan`` in memory; (N, H, W, 3) uint8.
 
@@ -110,11 +118,31 @@ def synthesize(unet, scheduler, plan: pd.DataFrame, context_images: np.ndarray, 
                              for s in rows["seed"]])
         gen = torch.Generator().manual_seed(int(rows["seed"].iloc[0]))
         labels = torch.as_tensor(rows["label"].to_numpy(dtype=np.int64).copy())
-        out = inpaint(unet, scheduler, images, torch.from_numpy(masks[b:b + len(rows)])[:, None], labels,
-                      cfg.guidance_scale, cfg.steps, gen, noise, cfg.strength)
+        out = pipe(images, torch.from_numpy(masks[b:b + len(rows)])[:, None], labels,
+                   guidance_scale=cfg.guidance_scale, num_inference_steps=cfg.steps, strength=cfg.strength,
+                   noise=noise, generator=gen)
         outputs.append(to_uint8(out))
     size = context_images.shape[1]
     return np.concatenate(outputs) if outputs else np.zeros((0, size, size, 3), np.uint8)
+
+
+def unet_subfolder(cfg) -> str:
+    return "unet_ema" if cfg.use_ema else "unet"
+
+
+def load_pipeline(ckpt_dir: Path, cfg, device: str = "cpu") -> InpaintPipeline:
+    """The trained inpainter with the sampler ``cfg`` (a :class:`~tailfill.config.GenerateConfig`) asks for."""
+    return InpaintPipeline.from_pretrained(ckpt_dir, unet_subfolder=unet_subfolder(cfg), scheduler=cfg.sampler,
+                                           device=device)
+
+
+def generate_in_memory(ckpt_dir: Path, train_frame: pd.DataFrame, train_images: np.ndarray,
+                       train_masks: np.ndarray, classes: list, deficits: dict[int, int], cfg,
+                       device: str = "cpu") -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """Plan, masks and images of a whole pool without writing files: (plan, images, masks)."""
+    plan = make_plan(train_frame, classes, deficits, cfg)
+    masks = plan_masks(plan, train_masks, train_images.shape[1], cfg)
+    return plan, synthesize(load_pipeline(ckpt_dir, cfg, device), plan, train_images, masks, cfg), masks
 
 
 def _file_digest(path: Path) -> str:
@@ -139,9 +167,8 @@ def generate(plan: pd.DataFrame, context_images: np.ndarray, context_masks: np.n
     ``out_dir/shards/shard_NNNNN.csv``; shard k belongs to process ``k % world``.
     """
     out_dir = Path(out_dir)
-    unet, sched_config = load_inpainter(ckpt_dir, cfg.use_ema, device)
-    scheduler = make_scheduler(cfg.sampler, sched_config)
-    weights = ckpt_dir / ("unet_ema" if cfg.use_ema else "unet") / "diffusion_pytorch_model.safetensors"
+    pipe = load_pipeline(ckpt_dir, cfg, device)
+    weights = ckpt_dir / unet_subfolder(cfg) / "diffusion_pytorch_model.safetensors"
     provenance = {"sampler": cfg.sampler, "steps": cfg.steps, "guidance_scale": cfg.guidance_scale,
                   "strength": cfg.strength,
                   "checkpoint": str(weights.relative_to(out_dir.parent)) if out_dir.parent in weights.parents
@@ -155,7 +182,7 @@ def generate(plan: pd.DataFrame, context_images: np.ndarray, context_masks: np.n
         t0 = time.time()
         part = plan.iloc[k * cfg.shard_size:(k + 1) * cfg.shard_size].reset_index(drop=True)
         masks = plan_masks(part, context_masks, size, cfg, masks_dir)
-        outputs = synthesize(unet, scheduler, part, context_images, masks, cfg)
+        outputs = synthesize(pipe, part, context_images, masks, cfg)
         for row, img, m in zip(part.itertuples(), outputs, masks):
             _save_png(out_dir / row.file, img)
             _save_png(out_dir / row.mask_file, (m * 255).astype(np.uint8))

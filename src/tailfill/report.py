@@ -98,8 +98,8 @@ def plot_ood_histograms(calibration: dict, selection: pd.DataFrame, path: Path) 
         s = selection[selection["class"] == name]
         real = np.asarray(calibration["val_scores"].get(name, []))
         bins = np.histogram_bin_edges(np.r_[real, s["score"]], bins=25)
-        for values, label in ((real, "real (held-out)"), (s.loc[s["kept"], "score"], "synthetic kept"),
-                              (s.loc[~s["kept"], "score"], "synthetic rejected")):
+        for values, label in ((real, "real (held-out)"), (s.loc[s["eligible"], "score"], "synthetic eligible"),
+                              (s.loc[~s["eligible"], "score"], "synthetic rejected")):
             if len(values):
                 ax.hist(values, bins=bins, alpha=0.6, density=True, label=label)
         ax.axvline(calibration["thresholds"][name], color="k", ls="--", lw=1)
@@ -109,7 +109,7 @@ def plot_ood_histograms(calibration: dict, selection: pd.DataFrame, path: Path) 
     _savefig(fig, path)
 
 
-GRID_PANELS = ("real", "mask", "synthetic kept", "synthetic rejected")
+GRID_PANELS = ("real", "mask", "synthetic eligible", "synthetic rejected")
 
 
 def image_grid(rows: list[tuple[str, list]], path: Path, per_row: int = 6) -> None:
@@ -140,22 +140,22 @@ def mask_rgb(mask: np.ndarray) -> np.ndarray:
 
 
 def sample_grid(run, selection: pd.DataFrame, path: Path, per_row: int = 6) -> None:
-    """Per generated class, one row each: real | synthetic masks | synthetic kept | synthetic rejected."""
+    """Per generated class, one row each: real | synthetic masks | synthetic eligible | synthetic rejected."""
     from PIL import Image
 
     from .io import safe_join
 
     d = run.data
-    frame = d["frame"]
+    frame = d.frame
 
     def load(files):
-        return [np.asarray(Image.open(safe_join(run.dir / "synthetic", f)).convert("RGB")) for f in files]
+        return [np.asarray(Image.open(safe_join(run.paths.synthetic, f)).convert("RGB")) for f in files]
 
     rows = []
     for name in sorted(selection["class"].unique()):
-        real = d["images"][((frame["class"] == name) & (frame["split"] == "train")).to_numpy()]
+        real = d.images[((frame["class"] == name) & (frame["split"] == "train")).to_numpy()]
         s = selection[selection["class"] == name]
-        kept, rejected = s[s["kept"]].sort_values("score"), s[~s["kept"]].sort_values("score", ascending=False)
+        kept, rejected = s[s["eligible"]].sort_values("score"), s[~s["eligible"]].sort_values("score", ascending=False)
         rows.append((name, [real[:per_row], load(s["mask_file"].head(per_row)), load(kept["file"].head(per_row)),
                             load(rejected["file"].head(per_row))]))
     image_grid(rows, path, per_row)
@@ -163,13 +163,14 @@ def sample_grid(run, selection: pd.DataFrame, path: Path, per_row: int = 6) -> N
 
 def write_report(run) -> Path:
     """Write ``report/report.md`` with tables and plots; returns its path."""
-    out = run.dir / "report"
+    paths = run.paths
+    out = paths.report_dir
     out.mkdir(parents=True, exist_ok=True)
-    classes = run.data["classes"]
-    results = read_table(run.dir / "results" / "results.csv")
-    summary = read_json(run.dir / "results" / "summary.json")
-    info = read_json(run.dir / "data" / "dataset.json")
-    stages = {p.stem: read_json(p) for p in (run.dir / "stages").glob("*.json")}
+    classes = run.data.classes
+    results = read_table(paths.results)
+    summary = read_json(paths.summary)
+    info = read_json(paths.dataset_info)
+    stages = {p.stem: read_json(p) for p in paths.stages.glob("*.json")}
     lines = [f"# tailfill report: `{run.dir}`", "",
              "Balanced accuracy is ISIC 2019's official metric (mean per-class recall) on the test split; "
              "[low, high] is a 95 % t-interval over seeds (shown with 2+ seeds). Model selection used the "
@@ -181,29 +182,30 @@ def write_report(run) -> Path:
         method = augmented[0].split(":", 1)[1]
         base = f"baseline:{method}"
         gains = gains_table(results, base, augmented[0], classes)
-        lines += [f"## Per-class recall: `{base}` vs `{augmented[0]}` (same method, + kept synthetic images)", "",
+        lines += [f"## Per-class recall: `{base}` vs `{augmented[0]}` (same method, + the used synthetic images)", "",
                   to_markdown(gains), "", "![per-class gains](gains.png)", ""]
         plot_gains(gains[gains["class"] != "balanced accuracy"], out / "gains.png")
         cms = {}
         for model in (base, augmented[0]):
             kind, meth = model.split(":")
             seed = sorted(results.loc[results["model"] == model, "seed"])[0]
-            cms[f"{model} (seed {seed})"] = read_json(run.dir / "classifier" / kind / meth / f"seed_{seed}" /
-                                                      "metrics.json")["test"]["confusion_matrix"]
+            cms[f"{model} (seed {seed})"] = read_json(paths.classifier(kind, meth, seed) / "metrics.json")["test"]["confusion_matrix"]
         plot_confusions(cms, classes, out / "confusion.png")
         lines += ["## Confusion matrices (test)", "", "![confusion matrices](confusion.png)", ""]
-    sel_path = run.dir / "selection" / "selection.csv"
-    selection = read_table(sel_path) if sel_path.is_file() else pd.DataFrame()
+    selection = read_table(paths.selection) if paths.selection.is_file() else pd.DataFrame()
     if len(selection):
-        selection["kept"] = selection["kept"].astype(bool)
-        table = selection.groupby("class").agg(generated=("kept", "size"), kept=("kept", "sum"),
-                                               used=("used", "sum")).reset_index()
+        for col in ("within_threshold", "near_copy", "eligible", "used"):
+            selection[col] = selection[col].astype(bool)
+        # the selection funnel: generated -> within the OOD threshold -> not a near-copy -> eligible -> used
+        table = selection.assign(not_a_copy=selection["within_threshold"] & ~selection["near_copy"]).groupby(
+            "class").agg(generated=("eligible", "size"), within_threshold=("within_threshold", "sum"),
+                         not_a_copy=("not_a_copy", "sum"), eligible=("eligible", "sum"),
+                         used=("used", "sum")).reset_index()
         reasons = selection["reason"].value_counts().to_dict()
         lines += ["## Synthetic data and OOD selection", "", to_markdown(table), "",
                   f"Decisions: {reasons}", ""]
-        cal_path = run.dir / "selection" / "calibration.json"
-        if cal_path.is_file():
-            cal = read_json(cal_path)
+        if paths.calibration.is_file():
+            cal = read_json(paths.calibration)
             plot_ood_histograms(cal, selection, out / "ood_scores.png")
             lines += ["Realism diagnostic: AUROC of telling synthetic from held-out real images by OOD score "
                       "(0.5 = indistinguishable): " + ", ".join(f"{k} {v:.2f}" for k, v in cal["realism_auroc"].items()),

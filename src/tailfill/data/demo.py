@@ -17,6 +17,7 @@ import pandas as pd
 from PIL import Image
 
 from ..io import atomic_path, write_csv
+from .splits import geometric_weights
 from .sources import ISIC2019_CLASSES, ISIC2019_GT, ISIC2019_IMAGES, ISIC2019_META
 
 # head to tail, as in ISIC 2019 (NV 12,875 ... DF 239)
@@ -116,7 +117,7 @@ def draw_lesion_image(cls: str, rng: np.random.Generator, size: int = 64) -> np.
 
 def demo_counts(total: int, imbalance: float) -> dict[str, int]:
     """Geometric class counts from NV (head) to DF (tail) with head/tail = ``imbalance``."""
-    w = np.array([imbalance ** (-i / (len(DEMO_ORDER) - 1)) for i in range(len(DEMO_ORDER))])
+    w = geometric_weights(imbalance, len(DEMO_ORDER))
     counts = np.maximum(6, np.round(total * w / w.sum())).astype(int)
     return dict(zip(DEMO_ORDER, counts.tolist()))
 

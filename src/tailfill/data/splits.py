@@ -24,24 +24,56 @@ def _holdout(labels, groups, fraction, seed, candidates):
     return out
 
 
-def make_splits(labels, groups, val_fraction: float = 0.15, test_fraction: float = 0.2, seed: int = 0) -> np.ndarray:
+def _holdout_per_class(labels, groups, per_class: int, seed, candidates):
+    """About ``per_class`` images of every class from ``candidates``, whole groups at a time."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros(len(labels), dtype=bool)
+    for c in np.unique(labels):
+        members = candidates & (labels == c)
+        taken = 0
+        for g in rng.permutation(np.unique(groups[members])):
+            if taken >= per_class:
+                break
+            idx = members & (groups == g)
+            out |= idx
+            taken += int(idx.sum())
+    return out
+
+
+def make_splits(labels, groups, val_fraction: float = 0.15, test_fraction: float = 0.2, seed: int = 0,
+                val_per_class: int | None = None, test_per_class: int | None = None) -> np.ndarray:
     """Return an array of ``"train"``/``"val"``/``"test"``: stratified by label, grouped by ``groups``.
 
     All images of one group (lesion) land in the same split, so a lesion photographed twice can't
-    be learnt from one photo and tested on the other.
+    be learnt from one photo and tested on the other. ``*_per_class`` replace the fractions with a
+    fixed count per class: balanced held-out sets, so the tail classes are measured on as many images
+    as the head.
     """
     labels = np.asarray(labels)
     groups = np.asarray(groups).astype(str)
     split = np.full(len(labels), "train", dtype=object)
-    test = _holdout(labels, groups, test_fraction, seed, np.ones(len(labels), bool))
+    everything = np.ones(len(labels), bool)
+    test = _holdout_per_class(labels, groups, test_per_class, seed, everything) if test_per_class \
+        else _holdout(labels, groups, test_fraction, seed, everything)
     split[test] = "test"
-    val = _holdout(labels, groups, val_fraction / (1 - test_fraction), seed + 1, ~test)
+    val = _holdout_per_class(labels, groups, val_per_class, seed + 1, ~test) if val_per_class \
+        else _holdout(labels, groups, val_fraction / (1 - test_fraction), seed + 1, ~test)
     split[val] = "val"
     for c in np.unique(labels):
         for name in ("train", "val", "test"):
             if not np.any((labels == c) & (split == name)):
                 log.warning("class %s has no image in the %s split", c, name)
     return split.astype(str)
+
+
+def geometric_weights(imbalance_ratio: float, num_classes: int) -> np.ndarray:
+    """Relative class sizes of a geometric long tail, head first: class i of C gets ``ratio ** (-i / (C - 1))``."""
+    return np.array([imbalance_ratio ** (-i / max(1, num_classes - 1)) for i in range(num_classes)])
+
+
+def geometric_counts(n_max: int, imbalance_ratio: float, num_classes: int, minimum: int = 1) -> list[int]:
+    """Class sizes of a geometric long tail whose head has ``n_max`` images."""
+    return [max(minimum, int(round(n_max * w))) for w in geometric_weights(imbalance_ratio, num_classes)]
 
 
 def long_tail_subsample(labels, split, imbalance_ratio: float, seed: int = 0, order=None, groups=None) -> np.ndarray:
@@ -59,10 +91,8 @@ def long_tail_subsample(labels, split, imbalance_ratio: float, seed: int = 0, or
     classes = np.unique(labels)
     counts = {c: int(np.sum(train & (labels == c))) for c in classes}
     ranked = list(order) if order is not None else sorted(classes, key=lambda c: -counts[c])
-    n_max = counts[ranked[0]]
     keep = ~train
-    for i, c in enumerate(ranked):
-        target = max(1, int(round(n_max * imbalance_ratio ** (-i / max(1, len(ranked) - 1)))))
+    for c, target in zip(ranked, geometric_counts(counts[ranked[0]], imbalance_ratio, len(ranked))):
         members = train & (labels == c)
         taken = 0
         for g in rng.permutation(np.unique(groups[members])):

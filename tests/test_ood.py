@@ -1,7 +1,10 @@
 import numpy as np
+import pandas as pd
 import pytest
 
-from tailfill.select import KNNScorer, MahalanobisScorer, OODSelector, make_scorer, realism_auroc
+from tailfill.ood import (KNNScorer, MahalanobisScorer, OODSelector, build_scorer, choose_for_deficits, realism_auroc,
+                         select_synthetic)
+from tailfill.config import SelectConfig
 
 
 def gaussian_classes(rng, n=200, dim=16, classes=3, shift=4.0):
@@ -13,7 +16,7 @@ def gaussian_classes(rng, n=200, dim=16, classes=3, shift=4.0):
 @pytest.mark.parametrize("method", ["mahalanobis", "knn"])
 def test_in_distribution_scores_lower_than_shifted(rng, method):
     x, y, means = gaussian_classes(rng)
-    scorer = make_scorer(method, k=5).fit(x, y)
+    scorer = build_scorer(method, SelectConfig(k=5)).fit(x, y)
     inside = rng.normal(0, 1, (50, 16)) + means[1]
     outside = rng.normal(0, 1, (50, 16)) + means[1] + 3.0
     wrong_class = rng.normal(0, 1, (50, 16)) + means[2]  # real-looking, but not of class 1
@@ -41,18 +44,18 @@ def test_select_rejects_ood_copies_and_respects_keep_fraction(rng):
     copies = x[y == 0][:3] + 1e-6
     feats = np.concatenate([good, bad, copies])
     labels = np.zeros(len(feats), int)
-    table = sel.select(feats, labels)
+    table = sel.decide(feats, labels)
     assert (table["reason"].iloc[20:25] == "out_of_distribution").all()
-    assert (table["reason"].iloc[25:] == "near_duplicate").all()
-    assert table["kept"].iloc[:20].mean() > 0.8
+    assert (table["reason"].iloc[25:] == "near_copy").all()
+    assert table["eligible"].iloc[:20].mean() > 0.8
     # the copy of its own source context is not a copy: the source is excluded from the search
     src = np.full(len(feats), -1)
     src[25:] = np.flatnonzero(y == 0)[:3]
-    assert (sel.select(feats, labels, source_index=src)["reason"].iloc[25:] != "near_duplicate").all()
+    assert (sel.decide(feats, labels, source_index=src)["reason"].iloc[25:] != "near_copy").all()
     sel.keep_fraction = 0.5
-    half = sel.select(good, np.zeros(20, int))
-    assert half["kept"].sum() <= 10
-    assert half.loc[half["kept"], "score"].max() <= half.loc[~half["kept"], "score"].min()
+    half = sel.decide(good, np.zeros(20, int))
+    assert half["eligible"].sum() <= 10
+    assert half.loc[half["eligible"], "score"].max() <= half.loc[~half["eligible"], "score"].min()
 
 
 def test_small_classes_fall_back_to_pooled_threshold(rng):
@@ -71,6 +74,36 @@ def test_auto_duplicate_threshold_is_calibrated_on_held_out_real(rng):
     sel = OODSelector(MahalanobisScorer(), real_quantile=1.0).fit(x[train], y[train]).calibrate(x[held], y[held])
     fresh = rng.normal(0, 1, (300, 8)) + means[0]
     copies = x[train & (y == 0)][:20] + rng.normal(0, 1e-3, (20, 8))
-    table = sel.select(np.concatenate([fresh, copies]), np.zeros(320, int))
-    assert (table["reason"].iloc[300:] == "near_duplicate").all()
-    assert (table["reason"].iloc[:300] == "near_duplicate").mean() < 0.05  # ~1 % of real-like ones
+    table = sel.decide(np.concatenate([fresh, copies]), np.zeros(320, int))
+    assert (table["reason"].iloc[300:] == "near_copy").all()
+    assert (table["reason"].iloc[:300] == "near_copy").mean() < 0.05  # ~1 % of real-like ones
+
+
+def test_choose_for_deficits_takes_the_best_eligible_up_to_each_deficit():
+    labels = np.array([0, 0, 0, 0, 1, 1, 1])
+    decisions = pd.DataFrame({"score": [3.0, 1.0, 2.0, 0.5, 1.0, 2.0, 3.0],
+                              "eligible": [True, True, True, False, True, False, False]})
+    used = choose_for_deficits(decisions, labels, {0: 2, 1: 5})
+    assert used.tolist() == [False, True, True, False, True, False, False]  # never an ineligible one, no repeats
+    assert choose_for_deficits(decisions, labels, {0: 2}, fill_fraction=0.5).tolist() == [False, True] + [False] * 5
+
+
+class _Identity:
+    def features(self, x):
+        return np.asarray(x, dtype=float)
+
+
+def test_select_synthetic_applies_threshold_and_keep_fraction_together(rng):
+    """keep_fraction narrows what passes the threshold; it never lets an out-of-distribution image in."""
+    x, y, means = gaussian_classes(rng, dim=8)
+    synth = np.concatenate([rng.normal(0, 1, (30, 8)) + means[0], rng.normal(0, 1, (10, 8)) + means[0] + 6])
+    s_y = np.zeros(40, int)
+    args = (_Identity(), (x[::2], y[::2]), (x[1::2], y[1::2]), synth, s_y, np.full(40, -1), {0: 40})
+    full, cal = select_synthetic(*args, SelectConfig(), ["a", "b", "c"])
+    assert full["eligible"].iloc[30:].sum() == 0 and full["eligible"].iloc[:30].mean() > 0.8
+    assert (full["used"] == full["eligible"]).all()  # deficit 40: every eligible image is used
+    assert set(cal) == {"thresholds", "val_scores", "realism_auroc"} and cal["realism_auroc"]["a"] > 0.6
+    fifth, _ = select_synthetic(*args, SelectConfig(keep_fraction=0.2), ["a", "b", "c"])
+    assert fifth["eligible"].sum() <= 8 and (fifth["eligible"] <= full["eligible"]).all()
+    none, cal = select_synthetic(*args, SelectConfig(method="none"), ["a", "b", "c"])
+    assert none["used"].all() and cal == {}

@@ -1,18 +1,24 @@
 """OOD post-selection: keep synthetic images that look like real images of their class.
 
 Reads like scikit-learn: ``fit`` on real training features, ``calibrate`` on held-out real
-features, then ``score`` / ``select`` synthetic ones.
+features, then ``score`` / ``decide`` on synthetic ones.
 
     selector = OODSelector(MahalanobisScorer(), real_quantile=0.95)
     selector.fit(train_feats, train_labels).calibrate(val_feats, val_labels)
-    table = selector.select(synth_feats, synth_labels, source_index=src)
+    table = selector.decide(synth_feats, synth_labels, source_index=src)
 
-Higher scores mean *less* like the class. A synthetic image is kept when its score is within
-the threshold (the ``real_quantile`` of held-out real scores of its class, so about that share of
-real images would pass), it is among the best ``keep_fraction`` of its class, and it is not a
-near-copy of a training image: its centred cosine similarity to the nearest training image (its own
-source context excluded) must not exceed ``near_duplicate_similarity`` -- by default ("auto") the 99th
-percentile of the same similarity for held-out real images.
+Higher scores mean *less* like the class. Three filters, each a column of the decision table:
+
+- ``within_threshold``: the score is within the class's threshold, the ``real_quantile`` of held-out
+  real scores of the class (so about that share of real images would pass);
+- ``within_keep_fraction``: the image is among the best-scoring ``keep_fraction`` of its class;
+- ``near_copy``: its centred cosine similarity to the nearest training image (its own source context
+  excluded) exceeds ``near_duplicate_similarity`` -- by default ("auto") the 99th percentile of the
+  same similarity for held-out real images.
+
+An image passing all three is ``eligible``; :func:`choose_for_deficits` then marks which eligible
+images are ``used`` in training (the best-scoring ones, up to each class's deficit).
+:func:`select_synthetic` is the whole step as the pipeline and the benchmark run it.
 """
 from __future__ import annotations
 
@@ -72,12 +78,20 @@ class KNNScorer:
         return out
 
 
-def make_scorer(method: str, k: int = 5):
-    if method == "mahalanobis":
-        return MahalanobisScorer()
-    if method == "knn":
-        return KNNScorer(k)
-    raise ValueError(f"unknown OOD scorer {method!r}; choose mahalanobis or knn")
+# name -> factory(cfg.select); add a scorer here and ``select.method`` accepts it
+SCORERS = {
+    "mahalanobis": lambda cfg: MahalanobisScorer(),
+    "knn": lambda cfg: KNNScorer(cfg.k),
+}
+
+
+def build_scorer(name: str, cfg=None):
+    """The scorer ``name`` of :data:`SCORERS`, configured from ``cfg`` (a SelectConfig)."""
+    if name not in SCORERS:
+        raise ValueError(f"unknown OOD scorer {name!r}; choose from {', '.join(SCORERS)}")
+    from .config import SelectConfig
+
+    return SCORERS[name](cfg or SelectConfig())
 
 
 class OODSelector:
@@ -125,21 +139,23 @@ class OODSelector:
             sims[rows, np.asarray(exclude)[rows]] = -np.inf
         return sims.max(axis=1) if sims.shape[1] else np.full(len(feats), -np.inf)
 
-    def select(self, feats: np.ndarray, labels: np.ndarray, source_index: np.ndarray | None = None) -> pd.DataFrame:
-        """Score and decide; returns one row per image: score, threshold, similarity, kept, reason."""
+    def decide(self, feats: np.ndarray, labels: np.ndarray, source_index: np.ndarray | None = None) -> pd.DataFrame:
+        """Score and apply the three filters; one row per image (see the module docstring)."""
         labels = np.asarray(labels)
         scores = self.score(feats, labels)
         thresholds = np.array([self.thresholds_[int(c)] for c in labels])
         similarity = self.nearest_train_similarity(feats, source_index)
-        reason = np.where(similarity > self.duplicate_threshold_, "near_duplicate",
-                          np.where(scores > thresholds, "out_of_distribution", ""))
+        near_copy = similarity > self.duplicate_threshold_
+        within_threshold = scores <= thresholds
+        within_fraction = np.zeros(len(labels), bool)
         for c in np.unique(labels):  # keep_fraction: the best-scoring share of each class
             idx = np.flatnonzero(labels == c)
-            n_keep = int(np.ceil(self.keep_fraction * len(idx)))
-            worst = idx[np.argsort(scores[idx])][n_keep:]
-            reason[worst] = np.where(reason[worst] == "", "below_keep_fraction", reason[worst])
+            within_fraction[idx[np.argsort(scores[idx], kind="stable")][:int(np.ceil(self.keep_fraction * len(idx)))]] = True
+        reason = np.where(near_copy, "near_copy", np.where(~within_threshold, "out_of_distribution",
+                                                           np.where(~within_fraction, "below_keep_fraction", "eligible")))
         return pd.DataFrame({"score": scores, "threshold": thresholds, "train_similarity": similarity,
-                             "kept": reason == "", "reason": np.where(reason == "", "kept", reason)})
+                             "within_threshold": within_threshold, "within_keep_fraction": within_fraction,
+                             "near_copy": near_copy, "eligible": reason == "eligible", "reason": reason})
 
 
 def realism_auroc(real_scores: np.ndarray, synthetic_scores: np.ndarray) -> float:
@@ -148,3 +164,49 @@ def realism_auroc(real_scores: np.ndarray, synthetic_scores: np.ndarray) -> floa
         return float("nan")
     y = np.r_[np.zeros(len(real_scores)), np.ones(len(synthetic_scores))]
     return float(roc_auc_score(y, np.r_[real_scores, synthetic_scores]))
+
+
+def choose_for_deficits(decisions: pd.DataFrame, labels: np.ndarray, deficits: dict[int, int],
+                        fill_fraction: float = 1.0) -> np.ndarray:
+    """Which synthetic images training uses: per class, the best-scoring *eligible* images, at most
+    ``fill_fraction`` x its deficit (never repeated: a class with fewer eligible images gets fewer)."""
+    labels = np.asarray(labels)
+    eligible, scores = decisions["eligible"].to_numpy(bool), decisions["score"].to_numpy(float)
+    used = np.zeros(len(labels), bool)
+    for c, deficit in deficits.items():
+        idx = np.flatnonzero((labels == c) & eligible)
+        used[idx[np.argsort(scores[idx], kind="stable")][:int(round(fill_fraction * deficit))]] = True
+    return used
+
+
+def select_synthetic(feature_model, train: tuple, val: tuple, synthetic: np.ndarray, synthetic_labels: np.ndarray,
+                     source_index: np.ndarray, deficits: dict[int, int], cfg, classes: list):
+    """The post-selection step: ``(decisions, calibration)``.
+
+    ``feature_model`` maps uint8 images to features (``.features``); ``train`` and ``val`` are real
+    ``(images, labels)``; ``cfg`` is a SelectConfig. ``decisions`` has one row per synthetic image:
+    the filter columns of :meth:`OODSelector.decide` plus ``used``. ``calibration`` holds the per-class
+    thresholds, held-out real scores and realism AUROC by class name (empty for ``method: none``).
+    """
+    labels = np.asarray(synthetic_labels)
+    if cfg.method == "none":
+        n = len(labels)
+        table = pd.DataFrame({"score": np.zeros(n), "threshold": np.inf, "train_similarity": np.nan,
+                              "within_threshold": True, "within_keep_fraction": True, "near_copy": False,
+                              "eligible": True, "reason": "eligible"})
+        calibration = {}
+    else:
+        selector = OODSelector(build_scorer(cfg.method, cfg), cfg.real_quantile, cfg.keep_fraction,
+                               cfg.near_duplicate_similarity)
+        (tr_x, tr_y), (va_x, va_y) = train, val
+        va_f = feature_model.features(va_x)
+        selector.fit(feature_model.features(tr_x), tr_y).calibrate(va_f, va_y)
+        table = selector.decide(feature_model.features(synthetic), labels, source_index=source_index)
+        val_scores = selector.score(va_f, va_y)
+        calibration = {
+            "thresholds": {classes[c]: t for c, t in selector.thresholds_.items()},
+            "val_scores": {classes[c]: s.tolist() for c, s in selector.calibration_scores_.items()},
+            "realism_auroc": {classes[c]: realism_auroc(val_scores[va_y == c], table["score"].to_numpy()[labels == c])
+                              for c in np.unique(labels)}}
+    table["used"] = choose_for_deficits(table, labels, deficits, cfg.fill_fraction)
+    return table, calibration

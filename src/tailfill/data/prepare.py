@@ -1,0 +1,113 @@
+"""From ``cfg.data`` to prepared data: load (a registry of dataset kinds), cache, split, segment.
+
+    data = prepare_dataset(cfg.data, work_dir, seed)   # PreparedData
+    x, y = data.split("train").images, data.split("train").labels
+
+The pipeline's ``prepare`` stage saves what this returns; the benchmark uses it directly, so both
+split, thin and segment the same way.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from .cache import build_cache
+from .demo import make_demo_dataset
+from .sources import LabeledImages, load_csv_dataset, load_image_folder, load_isic2019
+from .splits import long_tail_subsample, make_splits
+
+log = logging.getLogger(__name__)
+
+DEMO_TRAIN_IMBALANCE = 20.0  # the demo's training split: NV to DF
+
+
+def _demo(d, work_dir: Path, seed: int) -> LabeledImages:
+    root = Path(d.root) if d.root else work_dir / "demo_data"
+    make_demo_dataset(root, total=d.demo_images, imbalance=d.demo_imbalance, seed=seed)
+    return load_isic2019(root, d.on_bad_image)
+
+
+# data.kind -> loader(cfg.data, work_dir, seed); add a dataset kind here and data.kind accepts it
+DATASETS: dict[str, Callable[..., LabeledImages]] = {
+    "demo": _demo,
+    "isic2019": lambda d, work_dir, seed: load_isic2019(d.root, d.on_bad_image, d.csv),
+    "folder": lambda d, work_dir, seed: load_image_folder(d.root),
+    "csv": lambda d, work_dir, seed: load_csv_dataset(d.csv, d.root, on_bad_image=d.on_bad_image),
+}
+
+
+def load_dataset(d, work_dir: str | Path, seed: int = 0) -> LabeledImages:
+    """The dataset ``d`` (a DataConfig) describes."""
+    if d.kind not in DATASETS:
+        raise ValueError(f"unknown data.kind {d.kind!r}; choose from {', '.join(DATASETS)}")
+    return DATASETS[d.kind](d, Path(work_dir), seed)
+
+
+@dataclass
+class Split:
+    """One split's cached images (N, H, W, 3 uint8), labels, rows of the table, and lesion masks."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    frame: pd.DataFrame
+    masks: np.ndarray
+    selector: np.ndarray  # boolean over all prepared images
+
+
+@dataclass
+class PreparedData:
+    """Every image with its class, lesion and split (``frame``), the resized cache and lesion masks."""
+
+    frame: pd.DataFrame
+    classes: list
+    output_classes: list
+    images: np.ndarray
+    masks: np.ndarray
+    root: str = ""  # where the dataset was read from
+
+    def split(self, name: str) -> Split:
+        sel = (self.frame["split"] == name).to_numpy()
+        return Split(self.images[sel], self.frame["label"].to_numpy()[sel], self.frame[sel].reset_index(drop=True),
+                     self.masks[sel], sel)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        return {s: {c: int(((self.frame["split"] == s) & (self.frame["class"] == c)).sum()) for c in self.classes}
+                for s in ("train", "val", "test")}
+
+
+def prepare_dataset(d, work_dir: str | Path, seed: int = 0) -> PreparedData:
+    """Load, cap, cache, split (grouped by lesion), thin the training split, and find the lesion masks."""
+    from ..masks import load_user_mask, segment_batch
+
+    work_dir = Path(work_dir)
+    dataset = load_dataset(d, work_dir, seed)
+    frame = dataset.frame.copy()
+    if d.max_per_class:
+        rng = np.random.default_rng(seed)
+        keep = np.zeros(len(frame), bool)
+        for c in range(len(dataset.classes)):
+            idx = np.flatnonzero(frame["label"].to_numpy() == c)
+            keep[rng.permutation(idx)[: d.max_per_class]] = True
+        frame = frame[keep].reset_index(drop=True)
+    images, ok = build_cache([dataset.root / p for p in frame["path"]], d.image_size,
+                             Path(d.cache_dir) if d.cache_dir else work_dir / "cache", d.workers, d.on_bad_image)
+    frame, images = frame[ok].reset_index(drop=True), images[ok]
+    labels, groups = frame["label"].to_numpy(), frame["lesion_id"].to_numpy()
+    split = make_splits(labels, groups, d.val_fraction, d.test_fraction, seed, d.val_per_class, d.test_per_class)
+    ratio = d.imbalance_ratio if d.imbalance_ratio is not None else (DEMO_TRAIN_IMBALANCE if d.kind == "demo" else None)
+    if ratio:
+        keep = long_tail_subsample(labels, split, ratio, seed, groups=groups)
+        split = np.where(keep, split, "unused")
+    if d.masks_dir:
+        masks = np.stack([load_user_mask(d.masks_dir, i, d.image_size) for i in frame["image"]])
+    else:
+        masks = segment_batch(images)
+    frame["class"] = [dataset.classes[i] for i in labels]
+    frame["split"] = split
+    return PreparedData(frame, list(dataset.classes), list(dataset.output_classes), images,
+                        masks.astype(np.float32), str(dataset.root))

@@ -1,0 +1,98 @@
+"""What a classifier trains on: real images, plus synthetic ones or repeated real ones, and how often each
+is drawn.
+
+    train = with_synthetic(real_x, real_y, synth_x, synth_y, max_ratio=None)   # real + used synthetic
+    control = with_repeated_real(real_x, real_y, deficits, seed)               # the honest control
+    p = draw_probabilities(train.labels, "balanced", train.synthetic, synthetic_share=0.5)
+
+Real-anchored mixing: with balanced sampling, a tail class filled from 6 real to 60 images takes
+~90 % of its draws from synthetic images, so the classifier sees its real images ten times less
+often than without augmentation. ``synthetic_share`` caps the synthetic share of each class's draws.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .training import class_power_probabilities
+
+# classifier sampler -> class power (p(class c) ~ n_c ** power); "natural" draws every image equally
+SAMPLER_POWER = {"natural": 1.0, "sqrt": 0.5, "balanced": 0.0}
+
+
+@dataclass
+class TrainingSet:
+    images: np.ndarray      # (N, H, W, 3) uint8
+    labels: np.ndarray      # (N,) class indices
+    synthetic: np.ndarray   # (N,) bool: generated (or, for the control, repeated) images
+
+    @classmethod
+    def real(cls, images: np.ndarray, labels: np.ndarray) -> "TrainingSet":
+        return cls(images, np.asarray(labels), np.zeros(len(labels), bool))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def add(self, images: np.ndarray, labels: np.ndarray) -> "TrainingSet":
+        if len(labels) == 0:
+            return self
+        return TrainingSet(np.concatenate([self.images, images]), np.concatenate([self.labels, labels]),
+                           np.concatenate([self.synthetic, np.ones(len(labels), bool)]))
+
+
+def cap_per_class(labels: np.ndarray, real_counts: np.ndarray, max_ratio: float | None) -> np.ndarray:
+    """Boolean mask keeping, in order, at most ``max_ratio`` x the real count of each class (None: all)."""
+    labels = np.asarray(labels)
+    keep = np.ones(len(labels), bool)
+    if max_ratio is None:
+        return keep
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        keep[idx[int(max_ratio * real_counts[c]):]] = False
+    return keep
+
+
+def with_synthetic(real_x: np.ndarray, real_y: np.ndarray, synth_x: np.ndarray | None, synth_y: np.ndarray,
+                   max_ratio: float | None = None) -> TrainingSet:
+    """Real images plus the synthetic ones (in their order), at most ``max_ratio`` x real per class."""
+    base = TrainingSet.real(real_x, real_y)
+    if synth_x is None or len(synth_y) == 0:
+        return base
+    keep = cap_per_class(synth_y, np.bincount(real_y, minlength=int(max(real_y.max(), synth_y.max())) + 1), max_ratio)
+    return base.add(synth_x[keep], np.asarray(synth_y)[keep])
+
+
+def with_repeated_real(real_x: np.ndarray, real_y: np.ndarray, deficits: dict[int, int], seed: int) -> TrainingSet:
+    """The real-oversampling control: each class's deficit filled by repeating its own real images."""
+    rng = np.random.default_rng(seed)
+    extra = np.concatenate([rng.choice(np.flatnonzero(real_y == c), d) for c, d in deficits.items()]
+                           or [np.zeros(0, int)]).astype(int)
+    return TrainingSet.real(real_x, real_y).add(real_x[extra], real_y[extra])
+
+
+def draw_probabilities(labels: np.ndarray, sampler: str, synthetic: np.ndarray | None = None,
+                       synthetic_share: float | None = None) -> np.ndarray | None:
+    """Per-image draw probabilities for a classifier ``sampler`` (natural | sqrt | balanced); None means a
+    plain shuffle. ``synthetic_share`` caps the share of each class's draws that go to synthetic images."""
+    if sampler not in SAMPLER_POWER:
+        raise ValueError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLER_POWER)}")
+    labels = np.asarray(labels)
+    capped = synthetic_share is not None and synthetic is not None and np.any(synthetic)
+    if sampler == "natural" and not capped:
+        return None
+    p = class_power_probabilities(labels, SAMPLER_POWER[sampler])
+    if not capped:
+        return p
+    synthetic = np.asarray(synthetic, bool)
+    out = p.copy()
+    for c in np.unique(labels):
+        cls, syn = labels == c, (labels == c) & synthetic
+        n_syn, n_all = syn.sum(), cls.sum()
+        if n_syn == 0 or n_syn == n_all:
+            continue
+        share = min(synthetic_share, n_syn / n_all)  # a cap: never more synthetic than there is
+        mass = p[cls].sum()
+        out[syn] = mass * share / n_syn
+        out[cls & ~synthetic] = mass * (1 - share) / (n_all - n_syn)
+    return out / out.sum()

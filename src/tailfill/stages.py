@@ -1,0 +1,229 @@
+"""The pipeline's stages: each a short function over the library that reads what earlier stages wrote
+in the run directory and writes its own outputs atomically, then its marker. ``run_all`` runs them in
+order and, on resume, skips the finished ones; inside a stage, training checkpoints and generation
+shards resume too.
+
+To add a stage: write ``def my_stage(run: Run) -> None`` ending in ``run.mark(...)``, add it to
+``STAGES`` (order matters) and, if only the main process may run it, to ``MAIN_ONLY``.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import pandas as pd
+
+from .io import read_json, read_table, write_csv, write_json
+from .run import Run, RunDirError
+from .training import process_info
+
+log = logging.getLogger(__name__)
+
+
+def prepare(run: Run) -> None:
+    from .data import prepare_dataset
+
+    t0 = time.time()
+    data = prepare_dataset(run.cfg.data, run.dir, run.cfg.seed)
+    counts = run.save_data(data)
+    log.info("prepare: %d images, %d classes; train counts %s", len(data.frame), len(data.classes), counts["train"])
+    run.mark("prepare", t0, counts=counts)
+
+
+def _val_test(run: Run):
+    val, test = run.data.split("val"), run.data.split("test")
+    return (val.images, val.labels), (test.images, test.labels), test.frame
+
+
+def _train_and_save(run: Run, kind: str, method: str, seed: int, train, extra: dict) -> None:
+    """Train one classifier on ``train`` (a TrainingSet) and write model, predictions and metrics."""
+    from .classify import fit_and_score
+    from .evaluate import metrics_record, submission_frame
+
+    out = run.paths.classifier(kind, method, seed)
+    if (out / "metrics.json").is_file():
+        return  # done in an earlier, interrupted run
+    d = run.data
+    val, test, test_frame = _val_test(run)
+    fit = fit_and_score(train, val, test, d.classes, method, run.cfg.classifier, seed, run.device)
+    if not process_info().is_main:
+        return
+    fit.model.save(out, run.cfg.classifier.backbone)
+    write_csv(out / "predictions_test.csv", submission_frame(test_frame["image"], fit.test_proba, d.classes,
+                                                              d.output_classes))
+    write_json(out / "metrics.json", metrics_record(kind, method, seed, fit, train.labels, d.classes, **extra))
+    log.info("%s %s seed %d: val bacc %.3f, test bacc %.3f (%.0f s)", kind, method, seed,
+             fit.val["balanced_accuracy"], fit.test["balanced_accuracy"], fit.seconds)
+
+
+def train_baseline(run: Run) -> None:
+    from .mixing import TrainingSet
+
+    t0 = time.time()
+    train = run.data.split("train")
+    for method in run.cfg.classifier.methods:
+        for seed in run.cfg.classifier.seeds:
+            _train_and_save(run, "baseline", method, seed, TrainingSet.real(train.images, train.labels),
+                            {"synthetic_images": 0})
+    run.mark("train-baseline", t0)
+
+
+def train_diffusion(run: Run) -> None:
+    from .diffusion import train_diffusion as train
+
+    t0 = time.time()
+    tr = run.data.split("train")
+    train(tr.images, tr.labels, tr.masks, len(run.data.classes), run.cfg.diffusion, run.paths.diffusion,
+          run.cfg.seed, run.device, resume=True)
+    run.mark("train-diffusion", t0)
+
+
+def deficits(run: Run) -> dict[int, int]:
+    from .generate import class_deficits
+
+    return class_deficits(run.data.split("train").labels, run.data.classes, run.cfg.generate)
+
+
+def generate(run: Run) -> None:
+    from .generate import generate as make, make_plan
+
+    t0 = time.time()
+    proc = process_info()
+    tr = run.data.split("train")
+    if proc.is_main and not run.paths.plan.is_file():
+        write_csv(run.paths.plan, make_plan(tr.frame, run.data.classes, deficits(run), run.cfg.generate))
+    proc.barrier()
+    plan = read_table(run.paths.plan)
+    log.info("generate: %d images for %s", len(plan), {k: int(v) for k, v in plan["class"].value_counts().items()})
+    make(plan, tr.images, tr.masks, run.paths.checkpoint, run.paths.synthetic, run.cfg.generate,
+         run.cfg.data.masks_dir, run.device, proc.rank, proc.world)
+    proc.barrier()
+    if proc.is_main:
+        if not run.paths.manifest.is_file():  # e.g. an empty plan
+            write_csv(run.paths.manifest, plan)
+        run.mark("generate", t0, images=len(plan))
+
+
+def baseline_results(run: Run) -> pd.DataFrame:
+    """The results table of the baselines trained so far, in config order."""
+    from .evaluate import results_table
+
+    records = [read_json(p) for method in run.cfg.classifier.methods
+               for p in sorted((run.paths.classifiers / "baseline" / method).glob("seed_*/metrics.json"))]
+    return results_table(records)
+
+
+def best_baseline(run: Run) -> str:
+    """The baseline method with the best mean *validation* balanced accuracy (never test)."""
+    from .evaluate import best_method
+
+    results = baseline_results(run)
+    if not len(results):
+        raise RunDirError("no baseline results to choose the augmented method from; run train-baseline first")
+    return best_method(results)
+
+
+def feature_model(run: Run):
+    """The classifier whose features the OOD selector scores: select.feature_method, or the best baseline."""
+    from .classify import TrainedClassifier
+
+    method = run.cfg.select.feature_method or best_baseline(run)
+    path = run.paths.classifier("baseline", method, run.cfg.classifier.seeds[0])
+    if not (path / "model.safetensors").is_file():
+        raise RunDirError(f"no baseline classifier at {path} for OOD features; check select.feature_method")
+    return TrainedClassifier.load(path, run.device)
+
+
+def select(run: Run) -> None:
+    from .generate import load_synthetic
+    from .ood import select_synthetic
+
+    t0 = time.time()
+    manifest = read_table(run.paths.manifest)
+    if len(manifest) == 0:
+        write_csv(run.paths.selection, manifest.assign(score=[], eligible=[], used=[], reason=[]))
+        run.mark("select", t0, eligible=0, used=0)
+        return
+    tr, va = run.data.split("train"), run.data.split("val")
+    table, calibration = select_synthetic(
+        feature_model(run), (tr.images, tr.labels), (va.images, va.labels),
+        load_synthetic(run.paths.synthetic, manifest), manifest["label"].to_numpy(),
+        manifest["context_index"].to_numpy(), deficits(run), run.cfg.select, run.data.classes)
+    if calibration:
+        write_json(run.paths.calibration, calibration)
+    table = pd.concat([manifest, table], axis=1)
+    write_csv(run.paths.selection, table)
+    funnel = table.groupby("class").agg(generated=("eligible", "size"), eligible=("eligible", "sum"),
+                                        used=("used", "sum"))
+    log.info("select: %s", funnel.to_dict("index"))
+    run.mark("select", t0, eligible=int(table["eligible"].sum()), used=int(table["used"].sum()),
+             realism_auroc=calibration.get("realism_auroc", {}))
+
+
+def train_augmented(run: Run) -> None:
+    from .generate import load_synthetic
+    from .mixing import with_synthetic
+
+    t0 = time.time()
+    cfg = run.cfg.classifier
+    method = best_baseline(run) if cfg.augmented_method == "best" else cfg.augmented_method
+    tr = run.data.split("train")
+    table = read_table(run.paths.selection)
+    used = table[table["used"].astype(bool)].reset_index(drop=True) if len(table) else table
+    train = with_synthetic(tr.images, tr.labels, load_synthetic(run.paths.synthetic, used) if len(used) else None,
+                           used["label"].to_numpy() if len(used) else np.zeros(0, int), cfg.synthetic_max_ratio)
+    n_syn = int(train.synthetic.sum())
+    for seed in cfg.seeds:
+        _train_and_save(run, "augmented", method, seed, train, {"synthetic_images": n_syn})
+    run.mark("train-augmented", t0, method=method, synthetic_images=n_syn)
+
+
+def evaluate(run: Run) -> None:
+    from .evaluate import results_table, summarise
+
+    t0 = time.time()
+    records = [read_json(p) for p in sorted(run.paths.classifiers.glob("*/*/seed_*/metrics.json"))]
+    if not records:
+        raise RunDirError("no trained classifiers to evaluate")
+    results = results_table(records)
+    write_csv(run.paths.results, results)
+    write_json(run.paths.summary, summarise(results))
+    run.mark("evaluate", t0)
+
+
+def report(run: Run) -> None:
+    from .report import write_report
+
+    t0 = time.time()
+    path = write_report(run)
+    run.mark("report", t0, report=str(path))
+
+
+# the stage registry, in pipeline order
+STAGES = {"prepare": prepare, "train-baseline": train_baseline, "train-diffusion": train_diffusion,
+          "generate": generate, "select": select, "train-augmented": train_augmented, "evaluate": evaluate,
+          "report": report}
+# stages that only the main process runs under `accelerate launch`; the others share the work
+MAIN_ONLY = {"prepare", "select", "evaluate", "report"}
+
+
+def run_stage(run: Run, stage: str, force: bool = False) -> None:
+    proc = process_info()
+    if run.is_done(stage) and not force:
+        log.info("stage %s: already done, skipping", stage)
+        return
+    log.info("stage %s ...", stage)
+    if stage in MAIN_ONLY:
+        if proc.is_main:
+            STAGES[stage](run)
+        proc.barrier()
+        run.forget_data()  # re-read what the main process wrote
+    else:
+        STAGES[stage](run)
+        proc.barrier()
+
+
+def run_all(run: Run, stages: list[str] | None = None) -> None:
+    for stage in stages or list(STAGES):
+        run_stage(run, stage)
