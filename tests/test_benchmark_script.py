@@ -15,30 +15,48 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "longtail_isic.py"
 def test_benchmark_writes_its_tables_and_grid(tmp_path):
     root = make_demo_dataset(tmp_path / "isic", total=240, imbalance=2.0, size=32)
     out = tmp_path / "docs" / "benchmarks.md"
-    cmd = [sys.executable, str(SCRIPT), "--root", str(root), "--sizes", "16", "--seeds", "0", "1",
-           "--methods", "ce", "balanced_sampling", "--epochs", "1", "--diffusion-steps", "2", "--sample-steps", "2",
-           "--oversample", "1.5", "--keep-fractions", "0.5", "1", "--test-per-class", "3", "--val-per-class", "3",
-           "--imbalance", "5", "--ablations", "context=same,strength=0.5", "fill=0.5", "class_power=0",
+    sets = ["data.root=" + str(root), "data.imbalance_ratio=5", "data.val_per_class=3", "data.test_per_class=3",
+            "classifier.methods=[ce, balanced_sampling]", "classifier.seeds=[0, 1]", "classifier.epochs=1",
+            "classifier.backbone=resnet10t", "diffusion.train_steps=2", "diffusion.block_out_channels=[16, 32]",
+            "generate.steps=2", "generate.oversample=1.5"]
+    cmd = [sys.executable, str(SCRIPT), "--sizes", "16", *[a for s in sets for a in ("--set", s)],
+           "--variants", "real_oversample", "synth_threshold", "synth_none:select.method=none",
+           "synth_keep0.5:select.keep_fraction=0.5",
+           "synth_same:generate.context_classes=same,generate.strength=0.5",
+           "synth_half:select.method=none,select.fill_fraction=0.5",
+           "synth_share:select.method=none,classifier.synthetic_share=0.5",
+           "real_crt:classifier.retrain_head=true,classifier.head_epochs=1",
            "--work", str(tmp_path / "work"), "--out", str(out)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     text = out.read_text()
-    for variant in ("| ce |", "| real_oversample |", "| synth_threshold |", "| synth_keep0.5 |", "| synth_keep1 |",
-                    "| synth_threshold [context=same,strength=0.5] |", "| synth_threshold [fill=0.5] |",
-                    "| synth_threshold [class_power=0] |"):
+    for variant in ("| ce |", "| real_oversample |", "| synth_threshold |", "| synth_keep0.5 |", "| synth_none |",
+                    "| synth_same |", "| synth_half |", "| synth_share |", "| real_crt |"):
         assert variant in text, variant
-    assert "realism AUROC" in text and "class fidelity" in text and "peak memory" in text
+    assert "realism AUROC" in text and "fidelity" in text and "peak memory" in text
     assert (out.parent / "benchmarks" / "grid_16px.png").stat().st_size > 1000
     results = pd.read_csv(out.parent / "benchmarks" / "results.csv")
     assert set(results["seed"]) == {0, 1} and results["bacc"].between(0, 1).all()
-    half = results[results["variant"] == "synth_threshold [fill=0.5]"]["synthetic"]
-    full = results[results["variant"] == "synth_threshold"]["synthetic"]
-    assert 0 < half.max() < full.min()  # fill=0.5 adds about half the images
+    n_syn = results.groupby("variant")["synthetic"].max()
+    assert 0 < n_syn["synth_half"] < n_syn["synth_none"]  # fill_fraction=0.5 uses about half the images
+    assert n_syn["synth_keep0.5"] <= n_syn["synth_threshold"] <= n_syn["synth_none"]  # the product's filters stack
+    assert n_syn["synth_share"] == n_syn["synth_none"]  # the share changes how often they are drawn, not which
+    assert n_syn["real_crt"] == 0 and n_syn["real_oversample"] == n_syn["synth_none"]
+    # one generator, two pools (the same-class SDEdit pool differs), reused by later variants
+    assert len(list((tmp_path / "work").glob("generator_*"))) == 1
+    assert len(list((tmp_path / "work").glob("pool_*.npz"))) == 2
     # the hand-written findings go on top when the doc is rebuilt from the saved sections
     (out.parent / "benchmarks" / "findings.md").write_text("## Findings\n\nhand-written\n")
     out.unlink()
-    rebuilt = subprocess.run([sys.executable, str(SCRIPT), "--assemble-only", "--root", str(tmp_path / "nowhere"),
-                              "--out", str(out)], capture_output=True, text=True, timeout=120)
+    rebuilt = subprocess.run([sys.executable, str(SCRIPT), "--assemble-only", "--out", str(out)],
+                             capture_output=True, text=True, timeout=120)
     assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
     text = out.read_text()
-    assert text.index("hand-written") < text.index("## 16 px") < text.index("| synth_keep1 |")
+    assert text.index("hand-written") < text.index("## 16px") < text.index("| synth_none |")
+
+
+def test_a_bad_variant_is_refused_before_any_training(tmp_path):
+    done = subprocess.run([sys.executable, str(SCRIPT), "--variants", "synth_x:generate.strenght=0.5",
+                           "--work", str(tmp_path), "--out", str(tmp_path / "b.md")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "generate.strenght" in done.stderr

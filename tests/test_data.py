@@ -240,3 +240,31 @@ def test_long_tail_subsample_keeps_lesions_whole():
     for g in np.unique(groups):
         assert len(set(keep[groups == g])) == 1
     assert 4 <= keep[labels == 2].sum() <= 5
+
+
+def test_per_class_holdouts_are_balanced_and_grouped():
+    from tailfill.data import make_splits
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), [300, 80, 30, 14])
+    groups = np.array([f"L{i // 2}" for i in range(len(labels))])  # two photos per lesion
+    split = make_splits(labels, groups, seed=0, val_per_class=4, test_per_class=6)
+    for c in range(4):
+        assert 6 <= np.sum((labels == c) & (split == "test")) <= 7  # whole lesions: may overshoot by one photo
+        assert 4 <= np.sum((labels == c) & (split == "val")) <= 5
+    frame = pd.DataFrame({"g": groups, "s": split})
+    assert (frame.groupby("g")["s"].nunique() == 1).all()
+    del rng
+
+
+def test_geometric_counts_and_the_dataset_registry(tmp_path):
+    from tailfill.config import DataConfig
+    from tailfill.data import DATASETS, geometric_counts, load_dataset
+
+    counts = geometric_counts(300, 50, 8)
+    assert counts[0] == 300 and counts[-1] == 6 and all(a > b for a, b in zip(counts, counts[1:]))
+    ratios = np.array(counts[:-1]) / np.array(counts[1:])
+    assert np.allclose(ratios[:4], 50 ** (1 / 7), rtol=0.03)  # the same step between neighbours
+    assert {"demo", "isic2019", "folder", "csv"} <= set(DATASETS)
+    with pytest.raises(ValueError, match="unknown data.kind 'dicom'"):
+        load_dataset(DataConfig(kind="dicom", root=str(tmp_path)), tmp_path)

@@ -1,0 +1,75 @@
+import numpy as np
+import pytest
+import torch
+
+from tailfill.classify import LongTailLoss, retrain_head, train_classifier
+from tailfill.config import ClassifierConfig
+from tailfill.mixing import TrainingSet, cap_per_class, draw_probabilities, with_repeated_real, with_synthetic
+
+from test_classify import _blobs
+
+
+def test_synthetic_share_caps_each_class_draws_and_keeps_class_balance():
+    # class 0: 100 real; class 1: 6 real + 54 synthetic
+    labels = np.r_[np.zeros(100, int), np.ones(60, int)]
+    synthetic = np.r_[np.zeros(106, bool), np.ones(54, bool)]
+    plain = draw_probabilities(labels, "balanced", synthetic)
+    assert plain[synthetic].sum() == pytest.approx(0.5 * 54 / 60)  # 90 % of class 1's draws are synthetic
+    capped = draw_probabilities(labels, "balanced", synthetic, synthetic_share=0.5)
+    assert capped[labels == 1].sum() == pytest.approx(0.5) and capped[labels == 0].sum() == pytest.approx(0.5)
+    assert capped[synthetic].sum() == pytest.approx(0.25)  # half of class 1's draws
+    assert capped[(labels == 1) & ~synthetic][0] == pytest.approx(0.25 / 6)  # each real DF drawn 9x more often
+    # natural sampling keeps class frequencies; a cap above the actual share changes nothing
+    nat = draw_probabilities(labels, "natural", synthetic, synthetic_share=0.2)
+    assert nat[labels == 1].sum() == pytest.approx(60 / 160) and nat[synthetic].sum() == pytest.approx(0.2 * 60 / 160)
+    np.testing.assert_allclose(draw_probabilities(labels, "balanced", synthetic, synthetic_share=1.0), plain)
+    assert draw_probabilities(labels, "natural", synthetic) is None  # a plain shuffle
+
+
+def test_training_sets_real_synthetic_and_the_control(rng):
+    x = rng.integers(0, 255, (20, 4, 4, 3), dtype=np.uint8)
+    y = np.r_[np.zeros(16, int), np.ones(4, int)]
+    sx = rng.integers(0, 255, (10, 4, 4, 3), dtype=np.uint8)
+    sy = np.ones(10, int)
+    capped = with_synthetic(x, y, sx, sy, max_ratio=1.5)  # at most 1.5 x 4 real = 6 synthetic
+    assert len(capped) == 26 and capped.synthetic.sum() == 6 and (capped.images[20:] == sx[:6]).all()
+    assert len(with_synthetic(x, y, None, np.zeros(0, int))) == 20
+    assert cap_per_class(sy, np.array([16, 4]), None).all()
+    control = with_repeated_real(x, y, {1: 12}, seed=0)
+    assert control.synthetic.sum() == 12 and (control.labels[20:] == 1).all()
+    assert all(any((img == x[y == 1]).all(axis=(1, 2, 3))) for img in control.images[20:])  # real DF repeated
+    assert np.array_equal(with_repeated_real(x, y, {1: 12}, 0).images, control.images)  # seeded
+
+
+def test_sample_weights_reweight_the_loss():
+    loss = LongTailLoss("ce", np.array([10, 10]))
+    logits, y = torch.tensor([[2.0, 0.0], [0.0, 2.0]]), torch.tensor([1, 1])  # first wrong, second right
+    plain = loss(logits, y)
+    down = loss(logits, y, sample_weight=torch.tensor([0.1, 1.0]))  # the wrong one counts less
+    assert down < plain
+    torch.testing.assert_close(loss(logits, y, sample_weight=torch.tensor([3.0, 3.0])), plain)
+
+
+def test_classifier_trains_with_synthetic_share_weight_and_crt(rng):
+    x, y = _blobs(rng, 120)
+    vx, vy = _blobs(rng, 60)
+    synthetic = np.zeros(len(y), bool)
+    synthetic[::3] = True
+    cfg = ClassifierConfig(backbone="resnet10t", epochs=3, batch_size=32, lr=3e-3, synthetic_share=0.3,
+                           synthetic_loss_weight=0.5, retrain_head=True, head_epochs=3)
+    model = train_classifier(x, y, vx, vy, ["a", "b", "c"], "balanced_sampling", cfg, seed=0, device="cpu",
+                             synthetic=synthetic)
+    assert [h["epoch"] for h in model.history][-3:] == ["head 1", "head 2", "head 3"]
+    assert np.mean(model.predict_proba(vx).argmax(1) == vy) > 0.8
+    np.testing.assert_allclose(model.log_prior, np.log(1 / 3))  # post-hoc corrections see a balanced head
+
+
+def test_crt_never_ends_worse_on_validation_than_the_head_it_replaces(rng):
+    x, y = _blobs(rng, 90)
+    vx, vy = _blobs(rng, 45)
+    cfg = ClassifierConfig(backbone="resnet10t", epochs=2, batch_size=32, lr=3e-3, head_epochs=2)
+    model = train_classifier(x, y, vx, vy, ["a", "b", "c"], "ce", cfg, seed=1, device="cpu")
+    before = np.mean([np.mean(model.predict_proba(vx).argmax(1)[vy == c] == c) for c in range(3)])
+    retrain_head(model, x, y, vx, vy, cfg, seed=1)
+    after = np.mean([np.mean(model.predict_proba(vx).argmax(1)[vy == c] == c) for c in range(3)])
+    assert after >= before - 1e-9
