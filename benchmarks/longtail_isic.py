@@ -51,7 +51,7 @@ from tailfill.diffusion import train_diffusion
 from tailfill.evaluate import best_method, mean_ci, metrics_record, results_table
 from tailfill.generate import class_deficits, generate_in_memory
 from tailfill.io import atomic_path, read_table, write_csv, write_text
-from tailfill.mixing import TrainingSet, with_repeated_real, with_synthetic
+from tailfill.mixing import TrainingSet, synthetic_labels, with_repeated_real, with_synthetic
 from tailfill.ood import select_synthetic
 from tailfill.report import image_grid, mask_rgb, to_markdown
 
@@ -210,7 +210,7 @@ class Bench:
             self.grid(table, plan, images, masks)
         self.timed("select", t)
         used = table["used"].to_numpy()
-        return images[used], labels[used]
+        return images[used], labels[used], synthetic_labels(plan[used], self.data.classes, cfg.classifier)
 
     def grid(self, table, plan, images, masks, per=6) -> None:
         rows, labels = [], plan["label"].to_numpy()
@@ -230,7 +230,8 @@ class Bench:
         method = self.best if cfg.classifier.augmented_method == "best" else cfg.classifier.augmented_method
         x, y = self.train.images, self.train.labels
         if name.startswith("synth"):
-            train = with_synthetic(x, y, *self.selected(name, cfg), cfg.classifier.synthetic_max_ratio)
+            images, labels, soft = self.selected(name, cfg)
+            train = with_synthetic(x, y, images, labels, cfg.classifier.synthetic_max_ratio, **soft)
         elif name.startswith("real_oversample"):
             train = None  # per seed: the repeated images are drawn with the seed
         else:

@@ -73,3 +73,36 @@ def test_crt_never_ends_worse_on_validation_than_the_head_it_replaces(rng):
     retrain_head(model, x, y, vx, vy, cfg, seed=1)
     after = np.mean([np.mean(model.predict_proba(vx).argmax(1)[vy == c] == c) for c in range(3)])
     assert after >= before - 1e-9
+
+
+def test_soft_labels_of_translated_images():
+    import pandas as pd
+
+    from tailfill.mixing import synthetic_labels, translation_weight
+
+    np.testing.assert_allclose(translation_weight([1.0, 0.49, 0.0], 0.5), [1.0, 0.7, 0.0])
+    used = pd.DataFrame({"label": [2, 2], "source_class": ["a", "c"], "strength": [0.49, 1.0]})
+    cfg = ClassifierConfig(soft_labels=True)
+    soft = synthetic_labels(used, ["a", "b", "c"], cfg)
+    assert soft["source_labels"].tolist() == [0, 2] and np.allclose(soft["target_weight"], [0.7, 1.0])
+    assert synthetic_labels(used, ["a", "b", "c"], ClassifierConfig()) == {}
+    x = np.zeros((3, 2, 2, 3), np.uint8)
+    train = with_synthetic(x, np.array([0, 1, 2]), x[:2], np.array([2, 2]), **soft)
+    src, lam = train.soft_labels()
+    assert src.tolist() == [0, 1, 2, 0, 2] and np.allclose(lam, [1, 1, 1, 0.7, 1])
+    # the loss of a soft label is the same mix of the two hard-label losses (cross-entropy: soft-target CE)
+    loss = LongTailLoss("ce", np.array([5, 5, 5]))
+    logits = torch.randn(1, 3)
+    mixed = loss(logits, torch.tensor([2]), soft=(torch.tensor([0]), torch.tensor([0.7])))
+    target = torch.tensor([[0.3, 0.0, 0.7]])
+    torch.testing.assert_close(mixed, -(target * torch.log_softmax(logits, 1)).sum())
+
+
+def test_classifier_trains_on_soft_labels(rng):
+    x, y = _blobs(rng, 90)
+    vx, vy = _blobs(rng, 30)
+    lam = np.where(np.arange(90) % 4 == 0, 0.6, 1.0)
+    cfg = ClassifierConfig(backbone="resnet10t", epochs=3, batch_size=32, lr=3e-3)
+    model = train_classifier(x, y, vx, vy, ["a", "b", "c"], "ce", cfg, seed=0, device="cpu",
+                             soft_labels=((y + 1) % 3, lam))
+    assert np.mean(model.predict_proba(vx).argmax(1) == vy) > 0.8

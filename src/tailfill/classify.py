@@ -119,27 +119,34 @@ class LongTailLoss(nn.Module):
         m = 1.0 / counts ** 0.25
         self.register_buffer("margins", torch.tensor(m * (0.5 / m.max()), dtype=torch.float32))
 
-    def forward(self, logits, y, progress: float = 0.0, sample_weight: torch.Tensor | None = None):
-        """Mean loss over the batch; ``sample_weight`` (per image, e.g. lower for synthetic ones) re-weights it."""
-        class_weight = None
+    def per_sample(self, logits, y, progress: float = 0.0):
+        """(loss per image, class weight per image or None) for hard labels ``y``."""
         if self.kind == "ce":
-            loss = F.cross_entropy(logits, y, reduction="none")
-        elif self.kind == "logit_adjust":
-            loss = F.cross_entropy(logits + self.log_prior, y, reduction="none")
-        elif self.kind in ("focal", "cb_focal"):
+            return F.cross_entropy(logits, y, reduction="none"), None
+        if self.kind == "logit_adjust":
+            return F.cross_entropy(logits + self.log_prior, y, reduction="none"), None
+        if self.kind in ("focal", "cb_focal"):
             gamma = 2.0 if self.kind == "focal" else 1.0
             logp = F.log_softmax(logits, 1).gather(1, y[:, None]).squeeze(1)
             loss = -((1 - logp.exp()) ** gamma) * logp
-            if self.kind == "cb_focal":
-                loss = loss * self.cb_weights[y]
-        elif self.kind == "ldam":
+            return (loss * self.cb_weights[y] if self.kind == "cb_focal" else loss), None
+        if self.kind == "ldam":
             s = 30.0  # logits are cosines in [-1, 1]: scale them
             adjusted = logits - F.one_hot(y, logits.shape[1]) * self.margins[None, :]
-            loss = F.cross_entropy(s * adjusted, y, reduction="none")
-            if self.drw and progress >= 0.75:  # deferred re-weighting: a weighted mean, as cross_entropy's weight=
-                class_weight = self.drw_weights[y]
-        else:
-            raise ValueError(f"unknown loss {self.kind!r}")
+            # deferred re-weighting late in training: a weighted mean, as cross_entropy's weight=
+            return F.cross_entropy(s * adjusted, y, reduction="none"), \
+                self.drw_weights[y] if self.drw and progress >= 0.75 else None
+        raise ValueError(f"unknown loss {self.kind!r}")
+
+    def forward(self, logits, y, progress: float = 0.0, sample_weight: torch.Tensor | None = None,
+                soft: tuple | None = None):
+        """Mean loss over the batch. ``sample_weight`` (per image, e.g. lower for synthetic ones) re-weights it;
+        ``soft = (y_source, lam)`` gives soft labels lam * y + (1 - lam) * y_source (translated images),
+        as the same mix of the two hard-label losses."""
+        loss, class_weight = self.per_sample(logits, y, progress)
+        if soft is not None:
+            y_source, lam = soft
+            loss = lam * loss + (1 - lam) * self.per_sample(logits, y_source, progress)[0]
         w = torch.ones_like(loss) if sample_weight is None else sample_weight.to(loss)
         if class_weight is not None:
             w = w * class_weight
@@ -202,13 +209,15 @@ class TrainedClassifier:
 
 def train_classifier(train_images: np.ndarray, train_labels: np.ndarray, val_images: np.ndarray,
                      val_labels: np.ndarray, classes: list, method: str, cfg, seed: int = 0,
-                     device: str = "auto", synthetic: np.ndarray | None = None) -> TrainedClassifier:
+                     device: str = "auto", synthetic: np.ndarray | None = None,
+                     soft_labels: tuple | None = None) -> TrainedClassifier:
     """Train with ``method`` and keep the epoch with the best *validation* balanced accuracy.
 
     ``cfg`` is a :class:`~tailfill.config.ClassifierConfig`. ``synthetic`` marks generated training
     images: their share of each class's draws is capped by ``cfg.synthetic_share`` and their loss
     weighted by ``cfg.synthetic_loss_weight``. With ``cfg.retrain_head`` the head is then re-trained
-    on the real images only (see :func:`retrain_head`).
+    on the real images only (see :func:`retrain_head`). ``soft_labels = (source_labels, target_weight)``
+    per image: image i counts ``target_weight[i]`` as its label and the rest as ``source_labels[i]``.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
@@ -235,6 +244,11 @@ def train_classifier(train_images: np.ndarray, train_labels: np.ndarray, val_ima
     labels_t = torch.as_tensor(train_labels, dtype=torch.long)
     sample_w = torch.as_tensor(np.where(synthetic, cfg.synthetic_loss_weight, 1.0), dtype=torch.float32)
     weighted = bool(synthetic.any()) and cfg.synthetic_loss_weight != 1.0
+    if soft_labels is not None and np.all(np.asarray(soft_labels[1]) == 1.0):
+        soft_labels = None  # every label is hard
+    if soft_labels is not None:
+        source_t = torch.as_tensor(np.asarray(soft_labels[0]), dtype=torch.long)
+        lam_t = torch.as_tensor(np.asarray(soft_labels[1]), dtype=torch.float32)
     log_prior = np.log(counts / counts.sum())
     result = TrainedClassifier(accelerator.unwrap_model(model), list(classes), method, log_prior, [])
     best, best_state = -1.0, None
@@ -254,7 +268,9 @@ def train_classifier(train_images: np.ndarray, train_labels: np.ndarray, val_ima
             y = labels_t[idx].to(accelerator.device)
             w = sample_w[idx].to(accelerator.device) if weighted else None
             with accelerator.autocast():
-                loss = criterion(model(x).float(), y, epoch / cfg.epochs, w)
+                soft = None if soft_labels is None else (source_t[idx].to(accelerator.device),
+                                                         lam_t[idx].to(accelerator.device))
+                loss = criterion(model(x).float(), y, epoch / cfg.epochs, w, soft)
             check_finite(loss, f"classifier {method}, epoch {epoch}", "lower classifier.lr")
             opt.zero_grad(set_to_none=True)
             accelerator.backward(loss)
@@ -342,7 +358,7 @@ def fit_and_score(train, val: tuple, test: tuple, classes: list, method: str, cf
     t0 = time.time()
     (val_x, val_y), (test_x, test_y) = val, test
     model = train_classifier(train.images, train.labels, val_x, val_y, classes, method, cfg, seed, device,
-                             synthetic=train.synthetic)
+                             synthetic=train.synthetic, soft_labels=train.soft_labels())
     proba = model.predict_proba(test_x)
     return FitResult(model, classification_metrics(val_y, model.predict_proba(val_x), classes),
                      classification_metrics(test_y, proba, classes), proba, time.time() - t0)

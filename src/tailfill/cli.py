@@ -16,7 +16,9 @@ def _setup_logging(run_dir: Path | None, verbose: bool) -> None:
     handlers = [logging.StreamHandler(sys.stderr)]
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(run_dir / "log.txt", encoding="utf-8"))
+        from .run import RunLayout
+
+        handlers.append(logging.FileHandler(RunLayout(run_dir).log, encoding="utf-8"))
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=handlers, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("PIL", "matplotlib", "accelerate", "diffusers", "timm", "urllib3", "httpx"):
@@ -107,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args) -> int:
-    from .run import Run
+    from .run import Run, RunLayout
     from .stages import STAGES, run_all, run_stage
     from .training import process_info, resolve_device
 
@@ -143,7 +145,7 @@ def _dispatch(args) -> int:
 
     # a single stage: an existing run directory, or a new one for `prepare`
     run_dir = Path(args.run_dir) if args.run_dir else None
-    if run_dir is not None and (run_dir / "config.yaml").is_file() and not args.config and not args.set:
+    if run_dir is not None and RunLayout(run_dir).config.is_file() and not args.config and not args.set:
         run = Run.open(run_dir)
     elif args.command == "prepare":
         run = Run(_load(args))

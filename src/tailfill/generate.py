@@ -83,7 +83,8 @@ def make_plan(train_frame: pd.DataFrame, classes: list, deficits: dict[int, int]
                          "mask_file": f"masks/{classes[c]}/syn_{classes[c]}_{i:05d}.png",
                          "class": classes[c], "label": c, "context_index": ctx,
                          "source_image": train_frame["image"].iloc[ctx], "source_class": classes[labels[ctx]],
-                         "mask_source": cfg.mask_source, "seed": int(rng.integers(2**31))})
+                         "mask_source": cfg.mask_source, "strength": cfg.strength,
+                         "seed": int(rng.integers(2**31))})
     return pd.DataFrame(rows)
 
 
@@ -158,6 +159,10 @@ def _save_png(path: Path, array: np.ndarray) -> None:
         Image.fromarray(array).save(tmp, format="PNG")
 
 
+def shard_path(out_dir: Path, k: int) -> Path:
+    return out_dir / "shards" / f"shard_{k:05d}.csv"
+
+
 def generate(plan: pd.DataFrame, context_images: np.ndarray, context_masks: np.ndarray | None, ckpt_dir: Path,
              out_dir: Path, cfg, masks_dir: str | None = None, device: str = "cpu", rank: int = 0,
              world: int = 1) -> pd.DataFrame:
@@ -170,13 +175,12 @@ def generate(plan: pd.DataFrame, context_images: np.ndarray, context_masks: np.n
     pipe = load_pipeline(ckpt_dir, cfg, device)
     weights = ckpt_dir / unet_subfolder(cfg) / "diffusion_pytorch_model.safetensors"
     provenance = {"sampler": cfg.sampler, "steps": cfg.steps, "guidance_scale": cfg.guidance_scale,
-                  "strength": cfg.strength,
                   "checkpoint": str(weights.relative_to(out_dir.parent)) if out_dir.parent in weights.parents
                   else str(weights), "weights_sha256": _file_digest(weights)}
     size = context_images.shape[1]
     n_shards = math.ceil(len(plan) / cfg.shard_size)
     for k in range(rank, n_shards, world):
-        shard_csv = out_dir / "shards" / f"shard_{k:05d}.csv"
+        shard_csv = shard_path(out_dir, k)
         if shard_csv.is_file():
             continue
         t0 = time.time()
@@ -189,7 +193,7 @@ def generate(plan: pd.DataFrame, context_images: np.ndarray, context_masks: np.n
         part = part.assign(**provenance)
         write_csv(shard_csv, part)  # last: marks the shard done
         log.info("generate: shard %d/%d (%d images, %.1f s)", k + 1, n_shards, len(part), time.time() - t0)
-    parts = [out_dir / "shards" / f"shard_{k:05d}.csv" for k in range(n_shards)]
+    parts = [shard_path(out_dir, k) for k in range(n_shards)]
     if not all(p.is_file() for p in parts):
         return pd.DataFrame()  # other processes still working
     manifest = pd.concat([read_table(p) for p in parts], ignore_index=True) if parts else plan.assign(**provenance)

@@ -26,6 +26,8 @@ class TrainingSet:
     images: np.ndarray      # (N, H, W, 3) uint8
     labels: np.ndarray      # (N,) class indices
     synthetic: np.ndarray   # (N,) bool: generated (or, for the control, repeated) images
+    source_labels: np.ndarray | None = None  # (N,) for soft labels: the class an image was translated from
+    target_weight: np.ndarray | None = None  # (N,) weight of ``labels`` in the soft label (1: a hard label)
 
     @classmethod
     def real(cls, images: np.ndarray, labels: np.ndarray) -> "TrainingSet":
@@ -34,11 +36,31 @@ class TrainingSet:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def add(self, images: np.ndarray, labels: np.ndarray) -> "TrainingSet":
+    def soft_labels(self) -> tuple | None:
+        """(source_labels, target_weight) when any label is soft, else None."""
+        if self.target_weight is None or np.all(self.target_weight == 1.0):
+            return None
+        return self.source_labels, self.target_weight
+
+    def add(self, images: np.ndarray, labels: np.ndarray, source_labels: np.ndarray | None = None,
+            target_weight: np.ndarray | None = None) -> "TrainingSet":
+        """These images appended as synthetic ones (with soft labels when ``target_weight`` is given)."""
         if len(labels) == 0:
             return self
+        labels = np.asarray(labels)
+        mine_src = self.labels if self.source_labels is None else self.source_labels
+        mine_w = np.ones(len(self.labels)) if self.target_weight is None else self.target_weight
+        new_src = labels if source_labels is None else np.asarray(source_labels)
+        new_w = np.ones(len(labels)) if target_weight is None else np.asarray(target_weight, float)
         return TrainingSet(np.concatenate([self.images, images]), np.concatenate([self.labels, labels]),
-                           np.concatenate([self.synthetic, np.ones(len(labels), bool)]))
+                           np.concatenate([self.synthetic, np.ones(len(labels), bool)]),
+                           np.concatenate([mine_src, new_src]), np.concatenate([mine_w, new_w]))
+
+
+def translation_weight(strength: np.ndarray, gamma: float) -> np.ndarray:
+    """Diff-Mix's soft label for an image translated from its context's class at SDEdit ``strength`` s:
+    the target class gets s ** gamma, the source class the rest (strength 1: a new lesion, a hard label)."""
+    return np.clip(np.asarray(strength, float), 0, 1) ** gamma
 
 
 def cap_per_class(labels: np.ndarray, real_counts: np.ndarray, max_ratio: float | None) -> np.ndarray:
@@ -54,13 +76,28 @@ def cap_per_class(labels: np.ndarray, real_counts: np.ndarray, max_ratio: float 
 
 
 def with_synthetic(real_x: np.ndarray, real_y: np.ndarray, synth_x: np.ndarray | None, synth_y: np.ndarray,
-                   max_ratio: float | None = None) -> TrainingSet:
-    """Real images plus the synthetic ones (in their order), at most ``max_ratio`` x real per class."""
+                   max_ratio: float | None = None, source_labels: np.ndarray | None = None,
+                   target_weight: np.ndarray | None = None) -> TrainingSet:
+    """Real images plus the synthetic ones (in their order), at most ``max_ratio`` x real per class;
+    ``source_labels``/``target_weight`` give the synthetic ones soft labels (see :func:`translation_weight`)."""
     base = TrainingSet.real(real_x, real_y)
     if synth_x is None or len(synth_y) == 0:
         return base
+    synth_y = np.asarray(synth_y)
     keep = cap_per_class(synth_y, np.bincount(real_y, minlength=int(max(real_y.max(), synth_y.max())) + 1), max_ratio)
-    return base.add(synth_x[keep], np.asarray(synth_y)[keep])
+    return base.add(synth_x[keep], synth_y[keep], None if source_labels is None else np.asarray(source_labels)[keep],
+                    None if target_weight is None else np.asarray(target_weight)[keep])
+
+
+def synthetic_labels(used, classes: list, cfg) -> dict:
+    """Keyword arguments of :func:`with_synthetic` for soft labels of translated images, from the used rows of a
+    generation plan/manifest (``label``, ``source_class``, ``strength``) when ``cfg.soft_labels`` (a
+    ClassifierConfig) asks for them; empty otherwise."""
+    if not cfg.soft_labels or not len(used):
+        return {}
+    source = np.array([classes.index(c) for c in used["source_class"]])
+    return {"source_labels": source, "target_weight": translation_weight(used["strength"].to_numpy(float),
+                                                                         cfg.soft_label_gamma)}
 
 
 def with_repeated_real(real_x: np.ndarray, real_y: np.ndarray, deficits: dict[int, int], seed: int) -> TrainingSet:

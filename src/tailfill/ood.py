@@ -85,13 +85,11 @@ SCORERS = {
 }
 
 
-def build_scorer(name: str, cfg=None):
+def build_scorer(name: str, cfg):
     """The scorer ``name`` of :data:`SCORERS`, configured from ``cfg`` (a SelectConfig)."""
     if name not in SCORERS:
         raise ValueError(f"unknown OOD scorer {name!r}; choose from {', '.join(SCORERS)}")
-    from .config import SelectConfig
-
-    return SCORERS[name](cfg or SelectConfig())
+    return SCORERS[name](cfg)
 
 
 class OODSelector:

@@ -163,7 +163,7 @@ def select(run: Run) -> None:
 
 def train_augmented(run: Run) -> None:
     from .generate import load_synthetic
-    from .mixing import with_synthetic
+    from .mixing import synthetic_labels, with_synthetic
 
     t0 = time.time()
     cfg = run.cfg.classifier
@@ -172,7 +172,8 @@ def train_augmented(run: Run) -> None:
     table = read_table(run.paths.selection)
     used = table[table["used"].astype(bool)].reset_index(drop=True) if len(table) else table
     train = with_synthetic(tr.images, tr.labels, load_synthetic(run.paths.synthetic, used) if len(used) else None,
-                           used["label"].to_numpy() if len(used) else np.zeros(0, int), cfg.synthetic_max_ratio)
+                           used["label"].to_numpy() if len(used) else np.zeros(0, int), cfg.synthetic_max_ratio,
+                           **synthetic_labels(used, run.data.classes, cfg))
     n_syn = int(train.synthetic.sum())
     for seed in cfg.seeds:
         _train_and_save(run, "augmented", method, seed, train, {"synthetic_images": n_syn})
