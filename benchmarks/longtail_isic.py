@@ -48,7 +48,7 @@ from tailfill.classify import fit_and_score
 from tailfill.config import Config, config_from_dict, load_config
 from tailfill.data import prepare_dataset
 from tailfill.diffusion import train_diffusion
-from tailfill.evaluate import best_method, mean_ci, metrics_record, results_table
+from tailfill.evaluate import best_method, bootstrap_ci, metrics_record, results_table
 from tailfill.generate import class_deficits, generate_in_memory
 from tailfill.io import atomic_path, read_table, write_csv, write_text
 from tailfill.mixing import TrainingSet, synthetic_labels, with_repeated_real, with_synthetic
@@ -100,10 +100,11 @@ def with_overrides(base: Config, overrides: list[str]) -> Config:
     return config_from_dict(values)
 
 
-def fmt(values) -> str:
-    m, lo, hi = mean_ci(values)
+def fmt(values, y_true, probas) -> str:
+    """mean ± sd over seeds [95 % bootstrap interval over test images and seeds]."""
     sd = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
-    return f"{m:.3f} ± {sd:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if np.isfinite(lo) else "")
+    lo, hi = bootstrap_ci(y_true, probas)
+    return f"{np.mean(values):.3f} ± {sd:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
 class Bench:
@@ -111,7 +112,7 @@ class Bench:
 
     def __init__(self, cfg: Config, args, log):
         self.cfg, self.args, self.log = cfg, args, log
-        self.records, self.times, self.models = [], {}, {}
+        self.records, self.times, self.models, self.probas = [], {}, {}, {}
         self.generators, self.pools, self.diagnostics = {}, {}, []
 
     def timed(self, stage: str, started: float) -> None:
@@ -136,6 +137,7 @@ class Bench:
         kind = "baseline" if variant == method else "augmented"
         self.records.append(metrics_record(kind, method, seed, fit, train.labels, self.data.classes,
                                            variant=variant, synthetic_images=int(train.synthetic.sum())))
+        self.probas.setdefault(variant, []).append(fit.test_proba)
         print(f"  {cfg.data.image_size}px {variant:<28} {method:<22} seed {seed}: test bacc "
               f"{fit.test['balanced_accuracy']:.3f} ({fit.seconds:.0f} s)", flush=True)
         return fit
@@ -242,11 +244,12 @@ class Bench:
         self.timed("augmented", t)
 
 
-def summarise(frame: pd.DataFrame, classes: list, tail: list) -> pd.DataFrame:
+def summarise(frame: pd.DataFrame, classes: list, tail: list, y_true, probas: dict) -> pd.DataFrame:
     out = []
     for variant, g in frame.groupby("variant", sort=False):
         row = {"variant": variant, "loss": g["method"].iloc[0], "synthetic": int(g["synthetic_images"].mean()),
-               "balanced acc (mean ± sd [95% CI])": fmt(g["balanced_accuracy"].tolist())}
+               "balanced acc (mean ± sd over seeds [95% bootstrap CI over images and seeds])":
+                   fmt(g["balanced_accuracy"].tolist(), y_true, probas[variant])}
         for c in tail:
             r = g[f"recall_{classes[c]}"]
             row[f"R_{classes[c]}"] = f"{r.mean():.3f} ± {r.std(ddof=1):.3f}" if len(g) > 1 else f"{r.mean():.3f}"
@@ -313,7 +316,7 @@ def main():
                 "then the selection funnel):\n\n" + to_markdown(pd.DataFrame(bench.diagnostics)))
         by_test = results[results["kind"] == "baseline"].groupby("method")["balanced_accuracy"].mean().idxmax()
         log(f"\nbest baseline by test (for reference only): `{by_test}`")
-        log("\n" + to_markdown(summarise(results, classes, bench.tail)))
+        log("\n" + to_markdown(summarise(results, classes, bench.tail, bench.test[1], bench.probas)))
         log((f"\n![samples {bench.tag}](benchmarks/grid_{bench.tag}.png)\n" if bench.diagnostics else "")
             + "\nwall time per stage (s): " + ", ".join(f"{k} {v:.0f}" for k, v in bench.times.items())
             + f"; total {time.time() - t0:.0f} s; peak memory {peak_rss_gb():.1f} GB")

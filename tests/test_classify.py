@@ -60,3 +60,29 @@ def test_every_method_is_known_and_unknown_rejected(rng):
     with pytest.raises(ValueError, match="unknown method"):
         train_classifier(x, y, x, y, ["a", "b", "c"], "magic", ClassifierConfig(), device="cpu")
     assert {"ce", "balanced_sampling", "focal", "cb_focal", "ldam_drw", "logit_adjust", "balanced_softmax"} <= set(METHODS)
+
+
+@pytest.mark.parametrize("method", ["ce", "ldam_drw"])
+def test_saved_classifier_loads_into_a_plain_timm_model(tmp_path, rng, method):
+    import json
+
+    import timm
+
+    x, y = _blobs(rng, 60)
+    cfg = ClassifierConfig(backbone="resnet10t", epochs=1, batch_size=32)
+    model = train_classifier(x, y, x, y, ["a", "b", "c"], method, cfg, seed=0, device="cpu")
+    model.save(tmp_path, "resnet10t")
+    info = json.loads((tmp_path / "config.json").read_text())
+    assert info["label_names"] == ["a", "b", "c"] and info["pretrained_cfg"]["input_size"] == [3, 16, 16]
+    assert info["pretrained_cfg"]["mean"] == [0.5] * 3 and info["pretrained_cfg"]["std"] == [0.5] * 3
+    plain = timm.create_model(info["architecture"], num_classes=info["num_classes"],
+                              checkpoint_path=str(tmp_path / "model.safetensors")).eval()
+    pc = info["pretrained_cfg"]
+    inputs = (torch.as_tensor(x).permute(0, 3, 1, 2).float() / 255 - torch.tensor(pc["mean"]).view(1, 3, 1, 1)) \
+        / torch.tensor(pc["std"]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        plain_pred = plain(inputs).argmax(1).numpy()
+    ours = model.logits(x)
+    if method == "ce":
+        np.testing.assert_allclose(plain(inputs).detach().numpy(), ours, atol=1e-4)
+    assert (plain_pred == ours.argmax(1)).all()

@@ -28,3 +28,35 @@ def test_submission_format_has_official_columns():
                              ["MEL", "NV", "DF", "UNK"])
     assert list(frame.columns) == ["image", "MEL", "NV", "DF", "UNK"]
     assert (frame["UNK"] == 0).all() and frame["DF"].tolist() == [0.1, 0.8]
+
+
+def test_bootstrap_interval_over_images_and_seeds_stays_in_range(rng):
+    y = np.repeat(np.arange(3), [40, 10, 5])
+    good = np.eye(3)[y] + rng.uniform(0, 0.5, (len(y), 3))
+    perfect = np.eye(3)[y]
+    lo, hi = bootstrap_ci(y, [perfect, perfect], n_boot=200)
+    assert lo == hi == 1.0  # never above the metric's range, unlike a t-interval
+    lo, hi = bootstrap_ci(y, [good, np.eye(3)[(y + 1) % 3]], n_boot=300)  # one good seed, one all wrong
+    assert 0.0 <= lo < 0.5 < hi <= 1.0  # the seed spread shows in the interval
+    lo, hi = bootstrap_ci(y, [good], n_boot=200, metric="recall_2")
+    assert 0 <= lo <= hi <= 1
+    lo_f1, hi_f1 = bootstrap_ci(y, [good], n_boot=100, metric="macro_f1")
+    assert 0 <= lo_f1 <= hi_f1 <= 1
+    with pytest.raises(ValueError, match="unknown metric"):
+        bootstrap_ci(y, [good], n_boot=2, metric="auc")
+
+
+def test_summary_intervals_are_bootstrap_and_clipped():
+    import pandas as pd
+
+    from tailfill.evaluate import INTERVAL, summarise
+
+    y = np.array([0, 0, 1, 1])
+    results = pd.DataFrame({"model": ["m", "m"], "balanced_accuracy": [0.9, 1.0], "macro_f1": [0.9, 1.0],
+                            "recall_a": [1.0, 1.0], "recall_b": [0.5, 1.0]})
+    t = summarise(results)["m"]
+    assert t["balanced_accuracy"]["high"] <= 1.0 and "t-interval" in t["interval"]
+    probas = [np.eye(2)[[0, 0, 1, 0]], np.eye(2)[y]]
+    b = summarise(results, predictions={"m": probas}, y_true=y, classes=["a", "b"], n_boot=200)["m"]
+    assert b["interval"] == INTERVAL and 0.0 <= b["recall_b"]["low"] < b["recall_b"]["high"] <= 1.0
+    assert b["balanced_accuracy"]["mean"] == pytest.approx(0.95)

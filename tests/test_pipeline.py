@@ -35,13 +35,17 @@ def test_every_stage_ran_and_wrote_its_artefacts(finished_run):
     run, _ = finished_run
     for stage in STAGES:
         assert (run / "stages" / f"{stage}.json").is_file(), stage
-    for rel in ("config.yaml", "data/splits.csv", "synthetic/manifest.csv", "selection/selection.csv",
+    for rel in ("config.yaml", "data/splits.csv", "report/report.html", "report/training.png", "synthetic/manifest.csv", "selection/selection.csv",
                 "results/results.csv", "results/summary.json", "report/report.md", "report/gains.png",
                 "report/confusion.png", "report/samples.png", "report/ood_scores.png",
                 "diffusion/checkpoint/unet_ema/diffusion_pytorch_model.safetensors"):
         assert (run / rel).is_file(), rel
     report = (run / "report" / "report.md").read_text()
-    assert "## Results" in report and "augmented:" in report
+    assert "## Results" in report and "augmented:" in report and "## Training curves" in report
+    page = (run / "report" / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == report.count("![")  # every plot inline: one file to share
+    assert "<table>" in page and "src=\"gains.png\"" not in page
+    assert (run / "report" / "training.png").stat().st_size > 1000
 
 
 def test_metrics_are_sane(finished_run):
@@ -192,3 +196,103 @@ def test_generation_shards_split_across_processes(finished_run, tmp_path):
     assert manifest["file"].tolist() == reference["file"].tolist()
     for f in reference["file"]:
         assert (tmp_path / f).read_bytes() == (run.dir / "synthetic" / f).read_bytes()
+
+
+def test_report_page_renders_in_a_browser(finished_run, tmp_path):
+    import shutil
+
+    browser = next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+    if browser is None:
+        pytest.skip("no headless Chromium on this machine")
+    shot = tmp_path / "report.png"
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
+                    "--window-size=1200,3000", (finished_run[0] / "report" / "report.html").as_uri()],
+                   capture_output=True, timeout=120)
+    from PIL import Image
+
+    img = np.asarray(Image.open(shot).convert("L"))
+    assert img.shape == (3000, 1200) and img.std() > 10  # a page with content, not a blank or error page
+
+
+def test_augmented_training_caps_synthetic_images_per_class(finished_run, tmp_path):
+    """classifier.synthetic_max_ratio (this broke with pandas 3, whose groupby.apply drops the key column)."""
+    import shutil
+
+    from tailfill.io import write_text
+    from tailfill.run import Run
+    from tailfill.stages import train_augmented
+
+    copy = tmp_path / "run"
+    shutil.copytree(finished_run[0], copy)
+    run = Run.open(copy)
+    run.cfg.classifier.synthetic_max_ratio = 0.5
+    run.cfg.classifier.epochs = 1
+    write_text(run.paths.config, run.cfg.to_yaml())
+    shutil.rmtree(run.paths.classifiers / "augmented")
+    train_augmented(run)
+    counts = np.array(json.loads(next((copy / "classifier" / "augmented").glob("*/seed_0/metrics.json"))
+                                 .read_text())["train_counts"])
+    real = np.bincount(run.data.split("train").labels, minlength=len(counts))
+    used = pd.read_csv(copy / "selection" / "selection.csv").query("used")["label"].value_counts()
+    for c in range(len(counts)):
+        assert counts[c] - real[c] == min(int(used.get(c, 0)), int(0.5 * real[c]))
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    from tailfill.io import atomic_dir, write_text
+
+    old = os.umask(0o022)
+    try:
+        write_text(tmp_path / "a.txt", "x")
+        with atomic_dir(tmp_path / "d") as d:
+            (d / "f").write_text("y")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
+
+
+def test_progress_becomes_log_lines_without_a_terminal(caplog):
+    import logging
+
+    from tailfill.progress import progress
+
+    with caplog.at_level(logging.INFO, logger="tailfill.progress"):
+        with progress(total=50, desc="diffusion", unit="step") as bar:  # pytest's stderr is not a terminal
+            for _ in range(50):
+                bar.update(1)
+                bar.set_postfix(loss="0.1234")
+    lines = [r.getMessage() for r in caplog.records]
+    assert 5 <= len(lines) <= 11 and lines[-1].startswith("diffusion: 50/50 step")
+    assert "ETA" in lines[0] and "loss 0.1234" in lines[-1]
+    with caplog.at_level(logging.INFO, logger="tailfill.progress"):
+        caplog.clear()
+        bar = progress(total=10, desc="quiet", disable=True)
+        bar.update(10)
+        bar.close()
+    assert not caplog.records  # other processes stay silent
+
+
+@pytest.mark.slow
+def test_report_to_tensorboard_writes_curves_and_samples(tmp_path):
+    pytest.importorskip("tensorboard")
+    cfg = write_config(tmp_path / "t.yaml", tmp_path / "run", classifier__methods=["ce"], classifier__epochs=2)
+    assert main(["run", "--config", str(cfg), "--report-to", "tensorboard",
+                 "--stages", "prepare,train-baseline,train-diffusion,generate"]) == 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = {}
+    for events in (tmp_path / "run" / "tracking").rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events.parent))
+        acc.Reload()
+        tags[events.parent.name] = acc.Tags()
+    assert "diffusion/loss" in tags["diffusion"]["scalars"]
+    assert {"train/loss", "val/balanced_accuracy"} <= set(tags["classifier_ce_seed0"]["scalars"])
+    assert any(t.startswith("synthetic/") for t in tags["synthetic_samples"]["images"])
+
+
+def test_unknown_or_missing_tracker_fails_at_start(tmp_path, capsys):
+    cfg = write_config(tmp_path / "t.yaml", tmp_path / "run")
+    assert main(["run", "--config", str(cfg), "--set", "report_to=mlflow"]) == 2
+    assert "unknown tracker 'mlflow'" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -34,7 +34,8 @@ import torch.nn.functional as F
 from .evaluate import balanced_accuracy, classification_metrics
 from .io import load_tensors, read_json, save_tensors, write_json
 from .mixing import draw_probabilities
-from .training import check_finite, make_accelerator, to_model_range
+from .progress import progress
+from .training import check_finite, finish_tracking, make_accelerator, normalize_images
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +64,14 @@ class CosineHead(nn.Module):
 
 
 class Classifier(nn.Module):
-    """timm backbone (features) + head (logits). ``features`` feeds the OOD selector."""
+    """timm backbone (features) + head (logits). ``features`` feeds the OOD selector.
 
-    def __init__(self, backbone: str, num_classes: int, head: str = "linear", pretrained: bool = False):
+    ``mean``/``std`` are the input normalisation: the pretrained weights' own (timm's pretrained_cfg) for
+    a pretrained backbone, 0.5/0.5 (the [-1, 1] range) from scratch.
+    """
+
+    def __init__(self, backbone: str, num_classes: int, head: str = "linear", pretrained: bool = False,
+                 mean=None, std=None):
         super().__init__()
         import timm
 
@@ -77,12 +83,42 @@ class Classifier(nn.Module):
                                "set classifier.pretrained=false to train from scratch.") from None
         dim = self.backbone.num_features
         self.head = CosineHead(dim, num_classes) if head == "cosine" else nn.Linear(dim, num_classes)
+        cfg = getattr(self.backbone, "pretrained_cfg", {}) or {}
+        self.mean = tuple(mean or (cfg.get("mean", (0.5,) * 3) if pretrained else (0.5,) * 3))
+        self.std = tuple(std or (cfg.get("std", (0.5,) * 3) if pretrained else (0.5,) * 3))
+        self.classifier_name = cfg.get("classifier", "fc") if isinstance(cfg.get("classifier", "fc"), str) else "fc"
 
     def features(self, x):
         return self.backbone(x)
 
     def forward(self, x):
         return self.head(self.backbone(x))
+
+    def preprocess(self, images_u8) -> torch.Tensor:
+        return normalize_images(images_u8, self.mean, self.std)
+
+    def timm_state_dict(self) -> dict:
+        """Keys of a plain ``timm.create_model(backbone, num_classes=K)``. A cosine head is written as a linear
+        layer with normalised weights and zero bias: the same argmax (cosine logits only divide by |features|)."""
+        sd = dict(self.backbone.state_dict())
+        weight = self.head.weight.detach()
+        if isinstance(self.head, CosineHead):
+            sd[f"{self.classifier_name}.weight"] = F.normalize(weight, dim=1)
+            sd[f"{self.classifier_name}.bias"] = torch.zeros(len(weight))
+        else:
+            sd[f"{self.classifier_name}.weight"], sd[f"{self.classifier_name}.bias"] = weight, self.head.bias.detach()
+        return sd
+
+    def load_timm_state_dict(self, sd: dict) -> None:
+        prefix = self.classifier_name + "."
+        if any(k.startswith("backbone.") for k in sd):  # written by tailfill <= 0.1
+            self.load_state_dict(sd)
+            return
+        self.backbone.load_state_dict({k: v for k, v in sd.items() if not k.startswith(prefix)})
+        head = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+        if isinstance(self.head, CosineHead):
+            head.pop("bias", None)
+        self.head.load_state_dict(head)
 
 
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -160,6 +196,7 @@ class TrainedClassifier:
     method: str
     log_prior: np.ndarray
     history: list
+    input_size: int | None = None  # the side of the images it was trained on
 
     @torch.no_grad()
     def logits(self, images_u8: np.ndarray, batch_size: int = 256) -> np.ndarray:
@@ -167,7 +204,7 @@ class TrainedClassifier:
         device = next(self.model.parameters()).device
         out = []
         for i in range(0, len(images_u8), batch_size):
-            x = to_model_range(torch.as_tensor(np.asarray(images_u8[i:i + batch_size])).to(device))
+            x = self.model.preprocess(torch.as_tensor(np.asarray(images_u8[i:i + batch_size])).to(device))
             z = self.model(x).float()
             if METHODS[self.method].get("head") == "cosine":
                 z = 30.0 * z
@@ -187,30 +224,52 @@ class TrainedClassifier:
     def features(self, images_u8: np.ndarray, batch_size: int = 256) -> np.ndarray:
         self.model.eval()
         device = next(self.model.parameters()).device
-        feats = [self.model.features(to_model_range(torch.as_tensor(np.asarray(images_u8[i:i + batch_size])).to(device)))
+        feats = [self.model.features(self.model.preprocess(torch.as_tensor(np.asarray(images_u8[i:i + batch_size])).to(device)))
                  .float().cpu() for i in range(0, len(images_u8), batch_size)]
         return torch.cat(feats).numpy() if feats else np.zeros((0, self.model.backbone.num_features), np.float32)
 
     def save(self, out_dir: str | Path, backbone: str) -> None:
+        """``model.safetensors`` with the keys of a plain timm model, and ``config.json`` beside it in timm's
+        style (architecture, num_classes, label_names, pretrained_cfg with input size, mean, std) plus what
+        tailfill needs to predict as it did (method, head, prior)::
+
+            model = timm.create_model(cfg["architecture"], num_classes=cfg["num_classes"],
+                                      checkpoint_path="model.safetensors")
+        """
         out_dir = Path(out_dir)
-        save_tensors(out_dir / "model.safetensors", self.model.state_dict())
-        write_json(out_dir / "model.json", {"backbone": backbone, "classes": self.classes, "method": self.method,
-                                             "log_prior": self.log_prior.tolist(), "history": self.history})
+        m = self.model
+        save_tensors(out_dir / "model.safetensors", m.timm_state_dict())
+        size = self.input_size
+        write_json(out_dir / "config.json", {
+            "architecture": backbone, "num_classes": len(self.classes), "label_names": self.classes,
+            "pretrained_cfg": {"input_size": [3, size, size] if size else None, "mean": list(m.mean),
+                               "std": list(m.std), "interpolation": "bilinear", "crop_pct": 1.0,
+                               "classifier": m.classifier_name},
+            "tailfill": {"method": self.method, "head": METHODS[self.method].get("head", "linear"),
+                         "log_prior": self.log_prior.tolist(), "history": self.history}})
 
     @classmethod
     def load(cls, out_dir: str | Path, device: str = "cpu") -> "TrainedClassifier":
         out_dir = Path(out_dir)
-        info = read_json(out_dir / "model.json")
-        model = Classifier(info["backbone"], len(info["classes"]), METHODS[info["method"]].get("head", "linear"))
-        model.load_state_dict(load_tensors(out_dir / "model.safetensors"))
-        return cls(model.to(device).eval(), info["classes"], info["method"], np.asarray(info["log_prior"]),
-                   info["history"])
+        if not (out_dir / "config.json").is_file() and (out_dir / "model.json").is_file():  # tailfill <= 0.1
+            info = read_json(out_dir / "model.json")
+            info = {"architecture": info["backbone"], "label_names": info["classes"], "pretrained_cfg": {},
+                    "tailfill": info}
+        else:
+            info = read_json(out_dir / "config.json")
+        t, pc = info["tailfill"], info["pretrained_cfg"]
+        model = Classifier(info["architecture"], len(info["label_names"]), METHODS[t["method"]].get("head", "linear"),
+                           mean=pc.get("mean"), std=pc.get("std"))
+        model.load_timm_state_dict(load_tensors(out_dir / "model.safetensors"))
+        out = cls(model.to(device).eval(), info["label_names"], t["method"], np.asarray(t["log_prior"]), t["history"])
+        out.input_size = (pc.get("input_size") or [None, None, None])[-1]
+        return out
 
 
 def train_classifier(train_images: np.ndarray, train_labels: np.ndarray, val_images: np.ndarray,
                      val_labels: np.ndarray, classes: list, method: str, cfg, seed: int = 0,
                      device: str = "auto", synthetic: np.ndarray | None = None,
-                     soft_labels: tuple | None = None) -> TrainedClassifier:
+                     soft_labels: tuple | None = None, tracking=None) -> TrainedClassifier:
     """Train with ``method`` and keep the epoch with the best *validation* balanced accuracy.
 
     ``cfg`` is a :class:`~tailfill.config.ClassifierConfig`. ``synthetic`` marks generated training
@@ -223,7 +282,7 @@ def train_classifier(train_images: np.ndarray, train_labels: np.ndarray, val_ima
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     spec = METHODS[method]
     num_classes = len(classes)
-    accelerator = make_accelerator(cfg.mixed_precision, device)
+    accelerator = make_accelerator(cfg.mixed_precision, device, tracking, f"classifier_{method}_seed{seed}", vars(cfg))
     counts = np.bincount(train_labels, minlength=num_classes)
     if (counts == 0).any():
         empty = [classes[i] for i in np.flatnonzero(counts == 0)]
@@ -252,6 +311,8 @@ def train_classifier(train_images: np.ndarray, train_labels: np.ndarray, val_ima
     log_prior = np.log(counts / counts.sum())
     result = TrainedClassifier(accelerator.unwrap_model(model), list(classes), method, log_prior, [])
     best, best_state = -1.0, None
+    bar = progress(cfg.epochs * steps_per_epoch, f"classifier {method} seed {seed}", "batch",
+                   disable=not accelerator.is_main_process)
     for epoch in range(cfg.epochs):
         model.train()
         t0 = time.time()
@@ -261,10 +322,11 @@ def train_classifier(train_images: np.ndarray, train_labels: np.ndarray, val_ima
         order = order[accelerator.process_index::accelerator.num_processes]
         losses = []
         for i in range(steps_per_epoch):
+            bar.update(1)
             idx = torch.as_tensor(order[i * cfg.batch_size:(i + 1) * cfg.batch_size])
             if len(idx) < 2:
                 continue
-            x = augment(to_model_range(images_t[idx]), gen).to(accelerator.device)
+            x = augment(result.model.preprocess(images_t[idx]), gen).to(accelerator.device)
             y = labels_t[idx].to(accelerator.device)
             w = sample_w[idx].to(accelerator.device) if weighted else None
             with accelerator.autocast():
@@ -277,12 +339,20 @@ def train_classifier(train_images: np.ndarray, train_labels: np.ndarray, val_ima
             opt.step()
             sched.step()
             losses.append(loss.item())
+            bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.4f}")
         val_bacc = balanced_accuracy(val_labels, result.logits(val_images).argmax(1), num_classes)
         result.history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_balanced_accuracy": val_bacc,
                                "seconds": time.time() - t0})
-        log.debug("%s epoch %d loss %.4f val bacc %.3f", method, epoch + 1, np.mean(losses), val_bacc)
+        accelerator.log({"train/loss": float(np.mean(losses)), "val/balanced_accuracy": val_bacc,
+                         "train/lr": sched.get_last_lr()[0]}, step=epoch + 1)
+        if accelerator.is_main_process:
+            log.info("%s seed %d epoch %d/%d: loss %.4f, val balanced accuracy %.3f (%.0f s)", method, seed, epoch + 1,
+                     cfg.epochs, np.mean(losses), val_bacc, time.time() - t0)
         if val_bacc > best:
             best, best_state = val_bacc, copy.deepcopy(result.model.state_dict())
+    bar.close()
+    finish_tracking(accelerator)
+    result.input_size = int(train_images.shape[1])
     result.model.load_state_dict(best_state)
     result.model.eval()
     if cfg.retrain_head:
@@ -302,7 +372,7 @@ def retrain_head(result: TrainedClassifier, images: np.ndarray, labels: np.ndarr
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         model.eval()
-        x = to_model_range(torch.as_tensor(images))
+        x = model.preprocess(torch.as_tensor(images))
         feats = torch.cat([torch.cat([model.features(augment(x[i:i + 256], gen).to(device)).float().cpu()
                                       for i in range(0, len(x), 256)]) for _ in range(views)])
     ys = torch.as_tensor(np.tile(labels, views), dtype=torch.long)
@@ -352,13 +422,13 @@ class FitResult:
 
 
 def fit_and_score(train, val: tuple, test: tuple, classes: list, method: str, cfg, seed: int = 0,
-                  device: str = "auto") -> FitResult:
+                  device: str = "auto", tracking=None) -> FitResult:
     """Train one classifier on ``train`` (a :class:`~tailfill.mixing.TrainingSet`) and score it on the real
     ``val`` and ``test`` ``(images, labels)``: the one rule the pipeline and the benchmark both use."""
     t0 = time.time()
     (val_x, val_y), (test_x, test_y) = val, test
     model = train_classifier(train.images, train.labels, val_x, val_y, classes, method, cfg, seed, device,
-                             synthetic=train.synthetic, soft_labels=train.soft_labels())
+                             synthetic=train.synthetic, soft_labels=train.soft_labels(), tracking=tracking)
     proba = model.predict_proba(test_x)
     return FitResult(model, classification_metrics(val_y, model.predict_proba(val_x), classes),
                      classification_metrics(test_y, proba, classes), proba, time.time() - t0)

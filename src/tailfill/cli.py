@@ -28,7 +28,7 @@ def _setup_logging(run_dir: Path | None, verbose: bool) -> None:
 def _load(args):
     from .config import load_config
 
-    cfg = load_config(args.config, args.set)
+    cfg = load_config(args.config, args.set + ([f"report_to={args.report_to}"] if args.report_to else []))
     if args.run_dir:
         cfg.run_dir = args.run_dir
     return cfg
@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
                            help="override a config value, e.g. --set diffusion.train_steps=500 (repeatable)")
         p.add_argument("--run-dir", help="run directory (default: run_dir from the config)")
         p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override the config's device")
+        p.add_argument("--report-to", choices=["tensorboard", "wandb"],
+                       help="also send training curves to this tracker (through accelerate)")
         p.add_argument("-v", "--verbose", action="store_true")
         p.add_argument("--debug", action="store_true", help="show tracebacks")
 

@@ -113,6 +113,7 @@ class Config:
     run_dir: str = "runs/demo"
     seed: int = 0
     device: str = "auto"               # auto | cpu | cuda
+    report_to: Optional[str] = None    # tensorboard | wandb: training curves to an accelerate tracker as well
     data: DataConfig = field(default_factory=DataConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
@@ -252,4 +253,7 @@ def validate(cfg: Config) -> None:
     check(c.synthetic_share is None or 0 <= c.synthetic_share <= 1, "classifier.synthetic_share in [0, 1]")
     check(c.synthetic_loss_weight > 0, "classifier.synthetic_loss_weight > 0")
     check(cfg.diffusion.train_steps > 0 and cfg.diffusion.batch_size > 0, "diffusion steps and batch size > 0")
+    from .training import check_tracker
+
+    check_tracker(cfg.report_to)
     check(cfg.diffusion.snr_gamma is None or cfg.diffusion.snr_gamma > 0, "diffusion.snr_gamma > 0 (or null)")

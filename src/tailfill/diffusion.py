@@ -25,8 +25,9 @@ from scipy import ndimage
 
 from .io import atomic_dir, load_state, recover_dir, save_state, write_json
 from .masks import random_shape_mask
-from .training import (TrainingDivergedError, check_finite, class_power_probabilities, make_accelerator,
-                       to_model_range)
+from .progress import progress
+from .training import (TrainingDivergedError, check_finite, class_power_probabilities, finish_tracking,
+                       make_accelerator, to_model_range)
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +196,8 @@ def random_dihedral(x: torch.Tensor, m: torch.Tensor, rng: np.random.Generator):
 
 
 def train_diffusion(images_u8: np.ndarray, labels: np.ndarray, lesion_masks: np.ndarray, num_classes: int,
-                    cfg, out_dir: str | Path, seed: int = 0, device: str = "auto", resume: bool = True) -> Path:
+                    cfg, out_dir: str | Path, seed: int = 0, device: str = "auto", resume: bool = True,
+                    tracking=None) -> Path:
     """Train the inpainting model on all classes; returns the checkpoint folder, an :class:`InpaintPipeline`
     (``unet/``, ``unet_ema/``, ``scheduler/``) plus the optimiser state.
 
@@ -208,7 +210,7 @@ def train_diffusion(images_u8: np.ndarray, labels: np.ndarray, lesion_masks: np.
 
     out_dir = Path(out_dir)
     ckpt = out_dir / "checkpoint"
-    accelerator = make_accelerator(cfg.mixed_precision, device)
+    accelerator = make_accelerator(cfg.mixed_precision, device, tracking, "diffusion", vars(cfg))
     size = images_u8.shape[1]
     torch.manual_seed(seed)  # same initial weights on every process and every run
     unet = build_unet(size, num_classes, cfg.block_out_channels, cfg.layers_per_block, cfg.attention)
@@ -247,6 +249,7 @@ def train_diffusion(images_u8: np.ndarray, labels: np.ndarray, lesion_masks: np.
 
     t0 = time.time()
     running = []
+    bar = progress(cfg.train_steps, "diffusion", "step", initial=step, disable=not accelerator.is_main_process)
     while step < cfg.train_steps:
         rng = np.random.default_rng([seed, step, accelerator.process_index])
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
@@ -277,13 +280,18 @@ def train_diffusion(images_u8: np.ndarray, labels: np.ndarray, lesion_masks: np.
                 pe.lerp_(p.detach(), 1 - decay)
         step += 1
         running.append(loss.item())
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        accelerator.log({"diffusion/loss": loss.item()}, step=step)
         if step % cfg.log_every == 0 or step == cfg.train_steps:
             history.append({"step": step, "loss": float(np.mean(running)), "seconds": time.time() - t0})
-            log.info("diffusion step %d/%d loss %.4f (%.1f img/s)", step, cfg.train_steps, np.mean(running),
+            log.debug("diffusion step %d/%d loss %.4f (%.1f img/s)", step, cfg.train_steps, np.mean(running),
                      len(running) * cfg.batch_size / max(1e-9, time.time() - t0))
             running, t0 = [], time.time()
         if step % cfg.checkpoint_every == 0 or step == cfg.train_steps:
             save_checkpoint()
+    bar.close()
+    finish_tracking(accelerator)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_json(out_dir / "train_info.json", {"steps": step, "history": history, "parameters": nparams})

@@ -46,18 +46,43 @@ def mean_ci(values, confidence: float = 0.95) -> tuple[float, float, float]:
     return float(v.mean()), float(v.mean() - half), float(v.mean() + half)
 
 
-def bootstrap_ci(y_true: np.ndarray, proba: np.ndarray, n_boot: int = 1000, seed: int = 0,
-                 confidence: float = 0.95) -> tuple[float, float]:
-    """Bootstrap interval of balanced accuracy over test images (stratified by class)."""
+INTERVAL = "95 % bootstrap interval over test images (stratified by class) and seeds"
+
+
+def bootstrap_ci(y_true: np.ndarray, probas, n_boot: int = 1000, seed: int = 0, confidence: float = 0.95,
+                 metric: str = "balanced_accuracy") -> tuple[float, float]:
+    """Bootstrap interval of ``metric`` (balanced_accuracy, macro_f1 or recall_<class index>) over test
+    images, resampled within each class, and over seeds: ``probas`` is one (N, K) array or a list of them,
+    one per seed. Each replicate draws the images and the seeds with replacement and averages the metric
+    over the drawn seeds; the interval is the percentile interval, inside the metric's range [0, 1]."""
+    y_true = np.asarray(y_true)
+    preds = [np.asarray(p).argmax(axis=1) for p in (probas if isinstance(probas, (list, tuple)) else [probas])]
     rng = np.random.default_rng(seed)
-    pred = proba.argmax(axis=1)
+    k = max(int(y_true.max()) + 1, max(p.shape[1] for p in (probas if isinstance(probas, (list, tuple)) else [probas])))
     by_class = [np.flatnonzero(y_true == c) for c in np.unique(y_true)]
-    values = []
-    for _ in range(n_boot):
-        values.append(np.mean([np.mean(pred[idx] == y_true[idx][0])
-                               for idx in (rng.choice(ix, len(ix)) for ix in by_class)]))
+    values = np.empty(n_boot)
+    for b in range(n_boot):
+        idx = np.concatenate([rng.choice(ix, len(ix)) for ix in by_class])
+        drawn = rng.integers(len(preds), size=len(preds))
+        values[b] = np.mean([_metric(y_true[idx], preds[s][idx], k, metric) for s in drawn])
     lo, hi = np.quantile(values, [(1 - confidence) / 2, (1 + confidence) / 2])
-    return float(lo), float(hi)
+    return float(np.clip(lo, 0, 1)), float(np.clip(hi, 0, 1))
+
+
+def _metric(y: np.ndarray, pred: np.ndarray, k: int, metric: str) -> float:
+    cm = np.bincount(y * k + pred, minlength=k * k).reshape(k, k)
+    support, tp = cm.sum(axis=1), np.diag(cm)
+    recall = np.divide(tp, support, out=np.full(k, np.nan), where=support > 0)
+    if metric == "balanced_accuracy":
+        return float(np.nanmean(recall))
+    if metric.startswith("recall_"):
+        return float(recall[int(metric[7:])])
+    if metric == "macro_f1":
+        predicted = cm.sum(axis=0)
+        precision = np.divide(tp, predicted, out=np.zeros(k), where=predicted > 0)
+        f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(k), where=(precision + recall) > 0)
+        return float(np.mean(f1[support > 0]))
+    raise ValueError(f"unknown metric {metric!r}")
 
 
 def submission_frame(image_ids, proba: np.ndarray, classes: list, output_classes: list) -> pd.DataFrame:
@@ -94,13 +119,27 @@ def results_table(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def summarise(results: pd.DataFrame, by: str = "model") -> dict:
-    """Per model (or variant): mean and 95 % interval over seeds of balanced accuracy, macro F1 and recalls."""
+def summarise(results: pd.DataFrame, by: str = "model", predictions: dict | None = None,
+              y_true: np.ndarray | None = None, classes: list | None = None, n_boot: int = 1000) -> dict:
+    """Per model (or variant): mean over seeds of balanced accuracy, macro F1 and per-class recall, with an
+    interval. With ``predictions`` ({key: [test probabilities per seed]}), ``y_true`` and ``classes``: the
+    bootstrap interval over test images and seeds (:data:`INTERVAL`); otherwise a t-interval over seeds,
+    clipped to [0, 1]."""
     summary = {}
     for key, g in results.groupby(by, sort=False):
-        summary[key] = {col: dict(zip(("mean", "low", "high"), mean_ci(g[col])))
-                        for col in results.columns if col.startswith(("balanced_accuracy", "recall_", "macro_f1"))}
-        summary[key]["seeds"] = len(g)
+        entry = {}
+        for col in results.columns:
+            if not col.startswith(("balanced_accuracy", "recall_", "macro_f1")):
+                continue
+            mean, lo, hi = mean_ci(g[col])
+            if predictions is not None and key in predictions:
+                metric = col if not col.startswith("recall_") else f"recall_{classes.index(col[7:])}"
+                lo, hi = bootstrap_ci(y_true, predictions[key], n_boot=n_boot, metric=metric)
+            elif np.isfinite(lo):
+                lo, hi = max(lo, 0.0), min(hi, 1.0)
+            entry[col] = {"mean": mean, "low": lo, "high": hi}
+        summary[key] = {**entry, "seeds": len(g),
+                        "interval": INTERVAL if predictions is not None else "95 % t-interval over seeds, clipped"}
     return summary
 
 

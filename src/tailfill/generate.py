@@ -23,6 +23,7 @@ from scipy import ndimage
 from .diffusion import InpaintPipeline
 from .io import atomic_path, read_table, write_csv
 from .masks import load_user_mask, random_shape_mask
+from .progress import progress
 from .training import to_model_range, to_uint8
 
 log = logging.getLogger(__name__)
@@ -179,8 +180,11 @@ def generate(plan: pd.DataFrame, context_images: np.ndarray, context_masks: np.n
                   else str(weights), "weights_sha256": _file_digest(weights)}
     size = context_images.shape[1]
     n_shards = math.ceil(len(plan) / cfg.shard_size)
-    for k in range(rank, n_shards, world):
+    mine = list(range(rank, n_shards, world))
+    bar = progress(len(mine), "generate", "shard", disable=rank != 0)
+    for k in mine:
         shard_csv = shard_path(out_dir, k)
+        bar.update(1)
         if shard_csv.is_file():
             continue
         t0 = time.time()
@@ -192,7 +196,8 @@ def generate(plan: pd.DataFrame, context_images: np.ndarray, context_masks: np.n
             _save_png(out_dir / row.mask_file, (m * 255).astype(np.uint8))
         part = part.assign(**provenance)
         write_csv(shard_csv, part)  # last: marks the shard done
-        log.info("generate: shard %d/%d (%d images, %.1f s)", k + 1, n_shards, len(part), time.time() - t0)
+        log.debug("generate: shard %d/%d (%d images, %.1f s)", k + 1, n_shards, len(part), time.time() - t0)
+    bar.close()
     parts = [shard_path(out_dir, k) for k in range(n_shards)]
     if not all(p.is_file() for p in parts):
         return pd.DataFrame()  # other processes still working

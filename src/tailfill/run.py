@@ -26,7 +26,7 @@ import numpy as np
 from .config import Config, config_from_dict
 from .data.prepare import PreparedData
 from .io import read_json, read_table, save_npy, write_csv, write_json, write_text
-from .training import process_info, resolve_device
+from .training import Tracking, process_info, resolve_device
 
 
 class RunDirError(RuntimeError):
@@ -117,6 +117,10 @@ class RunLayout:
     def report_dir(self) -> Path:
         return self.root / "report"
 
+    @property
+    def tracking(self) -> Path:
+        return self.root / "tracking"
+
 
 class Run:
     """A run directory: its config, layout, stage markers and (after ``prepare``) its data."""
@@ -127,6 +131,10 @@ class Run:
         self.paths = RunLayout(self.dir)
         self.device = resolve_device(cfg.device)
         self._data: PreparedData | None = None
+
+    @property
+    def tracking(self) -> Tracking:
+        return Tracking(self.cfg.report_to, str(self.paths.tracking))
 
     # ---------- bookkeeping
     def is_done(self, stage: str) -> bool:

@@ -46,7 +46,8 @@ def _train_and_save(run: Run, kind: str, method: str, seed: int, train, extra: d
         return  # done in an earlier, interrupted run
     d = run.data
     val, test, test_frame = _val_test(run)
-    fit = fit_and_score(train, val, test, d.classes, method, run.cfg.classifier, seed, run.device)
+    fit = fit_and_score(train, val, test, d.classes, method, run.cfg.classifier, seed, run.device,
+                        run.tracking)
     if not process_info().is_main:
         return
     fit.model.save(out, run.cfg.classifier.backbone)
@@ -75,7 +76,7 @@ def train_diffusion(run: Run) -> None:
     t0 = time.time()
     tr = run.data.split("train")
     train(tr.images, tr.labels, tr.masks, len(run.data.classes), run.cfg.diffusion, run.paths.diffusion,
-          run.cfg.seed, run.device, resume=True)
+          run.cfg.seed, run.device, resume=True, tracking=run.tracking)
     run.mark("train-diffusion", t0)
 
 
@@ -102,7 +103,19 @@ def generate(run: Run) -> None:
     if proc.is_main:
         if not run.paths.manifest.is_file():  # e.g. an empty plan
             write_csv(run.paths.manifest, plan)
+        log_samples(run, read_table(run.paths.manifest))
         run.mark("generate", t0, images=len(plan))
+
+
+def log_samples(run: Run, manifest: pd.DataFrame, per_class: int = 16) -> None:
+    """A few synthetic images of each class to the tracker (``--report-to``), if any."""
+    from .generate import load_synthetic
+    from .training import log_images
+
+    if run.cfg.report_to and len(manifest):
+        log_images(run.tracking, "synthetic_samples",
+                   {f"synthetic/{c}": load_synthetic(run.paths.synthetic, g.head(per_class))
+                    for c, g in manifest.groupby("class")})
 
 
 def baseline_results(run: Run) -> pd.DataFrame:
@@ -135,6 +148,18 @@ def feature_model(run: Run):
     return TrainedClassifier.load(path, run.device)
 
 
+def feature_model_quality(run: Run) -> dict:
+    """How well the OOD feature classifier does on validation; near chance, its OOD scores mean little."""
+    method = run.cfg.select.feature_method or best_baseline(run)
+    metrics = read_json(run.paths.classifier("baseline", method, run.cfg.classifier.seeds[0]) / "metrics.json")
+    bacc, chance = metrics["val"]["balanced_accuracy"], 1 / len(run.data.classes)
+    near = bool(bacc < 1.5 * chance)
+    if near:
+        log.warning("the OOD feature classifier %s is near chance on validation (balanced accuracy %.3f, chance "
+                    "%.3f): selection and realism AUROC say little", method, bacc, chance)
+    return {"method": method, "val_balanced_accuracy": bacc, "near_chance": near}
+
+
 def select(run: Run) -> None:
     from .generate import load_synthetic
     from .ood import select_synthetic
@@ -151,6 +176,7 @@ def select(run: Run) -> None:
         load_synthetic(run.paths.synthetic, manifest), manifest["label"].to_numpy(),
         manifest["context_index"].to_numpy(), deficits(run), run.cfg.select, run.data.classes)
     if calibration:
+        calibration["feature_model"] = feature_model_quality(run)
         write_json(run.paths.calibration, calibration)
     table = pd.concat([manifest, table], axis=1)
     write_csv(run.paths.selection, table)
@@ -189,7 +215,14 @@ def evaluate(run: Run) -> None:
         raise RunDirError("no trained classifiers to evaluate")
     results = results_table(records)
     write_csv(run.paths.results, results)
-    write_json(run.paths.summary, summarise(results))
+    test = run.data.split("test")
+    predictions = {}
+    for _, row in results.iterrows():  # per model, the test probabilities of each seed, in the class order
+        frame = read_table(run.paths.classifier(row["kind"], row["method"], row["seed"]) / "predictions_test.csv")
+        frame = frame.set_index("image").loc[test.frame["image"]]
+        predictions.setdefault(row["model"], []).append(frame[run.data.classes].to_numpy())
+    write_json(run.paths.summary, summarise(results, predictions=predictions, y_true=test.labels,
+                                            classes=run.data.classes))
     run.mark("evaluate", t0)
 
 

@@ -47,17 +47,58 @@ def resolve_device(name: str) -> str:
     return name
 
 
-def make_accelerator(mixed_precision: str, device: str):
-    """The ``Accelerator`` both trainers run under (DDP when launched with several processes)."""
+TRACKERS = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",)}
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """Where training curves go besides tailfill's own files: an accelerate tracker and its folder."""
+
+    report_to: str | None = None   # tensorboard | wandb | None
+    project_dir: str | None = None
+
+
+def check_tracker(report_to: str | None) -> None:
+    """A clear error at start, not mid-run, when the tracker asked for is unknown or not installed."""
+    import importlib.util
+
+    if report_to is None:
+        return
+    if report_to not in TRACKERS:
+        raise ValueError(f"unknown tracker {report_to!r}; choose from {', '.join(TRACKERS)}")
+    if not any(importlib.util.find_spec(m) for m in TRACKERS[report_to]):
+        raise ValueError(f"--report-to {report_to} needs the {report_to} package: pip install {report_to}")
+
+
+def make_accelerator(mixed_precision: str, device: str, tracking: Tracking | None = None, name: str = "",
+                     config: dict | None = None):
+    """The ``Accelerator`` both trainers run under (DDP when launched with several processes), with the
+    tracker of ``tracking`` started as project ``name``; ``accelerator.log`` is a no-op without one."""
     from accelerate import Accelerator
 
-    return Accelerator(mixed_precision=mixed_precision, cpu=(device == "cpu"))
+    tracked = tracking is not None and tracking.report_to
+    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=(device == "cpu"),
+                              log_with=tracking.report_to if tracked else None,
+                              project_dir=tracking.project_dir if tracked else None)
+    if tracked:
+        accelerator.init_trackers(name, config={k: v for k, v in (config or {}).items()
+                                                if isinstance(v, (int, float, str, bool))})
+    return accelerator
 
 
 def to_model_range(images_u8) -> torch.Tensor:
     """(N, H, W, 3) uint8 -> (N, 3, H, W) float in [-1, 1]: what every model of tailfill reads."""
     x = torch.as_tensor(np.asarray(images_u8)) if not isinstance(images_u8, torch.Tensor) else images_u8
     return x.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def normalize_images(images_u8, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float, ``(x / 255 - mean) / std`` per channel (timm's convention;
+    the default mean = std = 0.5 is the [-1, 1] range of a model trained from scratch)."""
+    x = torch.as_tensor(np.asarray(images_u8)) if not isinstance(images_u8, torch.Tensor) else images_u8
+    mean = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    return (x.permute(0, 3, 1, 2).float().div(255.0) - mean) / std
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -80,3 +121,23 @@ def check_finite(loss: torch.Tensor, where: str, hint: str) -> None:
     """Raise :class:`TrainingDivergedError` when ``loss`` is NaN or infinite."""
     if not torch.isfinite(loss):
         raise TrainingDivergedError(f"{where}: loss became {loss.item()}; {hint}")
+
+
+def finish_tracking(accelerator) -> None:
+    """Close the trackers, keeping the process group (later stages still need it; ``end_training`` would
+    destroy it)."""
+    for tracker in accelerator.trackers:
+        tracker.finish()
+
+
+def log_images(tracking: Tracking | None, name: str, images: dict) -> None:
+    """Send ``{key: (N, H, W, 3) uint8}`` image sets (e.g. synthetic samples per class) to the tracker."""
+    if tracking is None or not tracking.report_to or not process_info().is_main:
+        return
+    accelerator = make_accelerator("no", "cpu", tracking, name)
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.log_images(images, step=0, dataformats="NHWC")
+        else:
+            tracker.log_images({k: list(v) for k, v in images.items()}, step=0)
+    finish_tracking(accelerator)
