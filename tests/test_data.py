@@ -268,3 +268,48 @@ def test_geometric_counts_and_the_dataset_registry(tmp_path):
     assert {"demo", "isic2019", "folder", "csv"} <= set(DATASETS)
     with pytest.raises(ValueError, match="unknown data.kind 'dicom'"):
         load_dataset(DataConfig(kind="dicom", root=str(tmp_path)), tmp_path)
+
+
+def _two_class_csv(tmp_path, n=12, split=None):
+    rows = []
+    for i in range(n):
+        name = f"im{i}.png"
+        Image.fromarray(np.full((8, 8, 3), 20 * i, np.uint8)).save(tmp_path / name)
+        rows.append({"image": name, "label": "ab"[i % 2], "lesion_id": f"L{i // 4 * 2 + i % 2}"})  # images i, i+2
+    frame = pd.DataFrame(rows)
+    if split is not None:
+        frame["split"] = split
+    frame.to_csv(tmp_path / "labels.csv", index=False)
+    return tmp_path / "labels.csv"
+
+
+def test_own_split_file_is_used_and_checked(tmp_path):
+    from tailfill.config import DataConfig
+    from tailfill.data import prepare_dataset
+
+    csv = _two_class_csv(tmp_path)
+    sides = ["train"] * 4 + ["val"] * 4 + ["test"] * 4
+    split_csv = tmp_path / "split.csv"
+    pd.DataFrame({"image": [f"im{i}" for i in range(12)], "split": sides}).to_csv(split_csv, index=False)
+    d = DataConfig(kind="csv", csv=str(csv), image_size=8, split_file=str(split_csv), workers=1)
+    data = prepare_dataset(d, tmp_path / "work")
+    assert data.frame["split"].tolist() == sides
+    # a lesion on both sides, an unknown image, a bad split name, a class missing from val: each named
+    bad = pd.DataFrame({"image": [f"im{i}" for i in range(12)], "split": sides})
+    for change, message in ((dict(split=["train"] * 3 + ["val"] * 5 + ["test"] * 4), "lesion L1 is on both sides"),
+                            (dict(image=[f"im{i}" for i in range(11)] + ["nope"]), "not in the dataset, e.g. nope"),
+                            (dict(split=["train"] * 4 + ["valid"] * 4 + ["test"] * 4), "split 'valid'"),
+                            (dict(split=["train"] * 4 + ["val", "test"] * 2 + ["test"] * 4), "class.*b.*val split")):
+        bad.assign(**change).to_csv(split_csv, index=False)
+        with pytest.raises(DataError, match=message):
+            prepare_dataset(d, tmp_path / "work")
+
+
+def test_split_column_of_a_csv_dataset_is_not_ignored(tmp_path):
+    from tailfill.config import DataConfig
+    from tailfill.data import prepare_dataset
+
+    sides = ["train"] * 4 + ["val"] * 4 + ["test"] * 4
+    csv = _two_class_csv(tmp_path, split=sides)
+    data = prepare_dataset(DataConfig(kind="csv", csv=str(csv), image_size=8, workers=1), tmp_path / "work")
+    assert data.frame["split"].tolist() == sides

@@ -73,9 +73,10 @@ def test_provenance_and_leakage_guards(finished_run):
     test_ids = set(splits.loc[splits["split"] == "test", "image"])
     for pred in run.glob("classifier/*/*/seed_*/predictions_test.csv"):
         frame = pd.read_csv(pred, dtype={"image": str})
-        assert list(frame.columns) == ["image"] + ISIC2019_CLASSES
+        trained = [c for c in ISIC2019_CLASSES if c != "UNK"]  # a split of training data has no UNK
+        assert list(frame.columns) == ["image"] + trained
         assert set(frame["image"]) == test_ids
-        np.testing.assert_allclose(frame[ISIC2019_CLASSES].sum(axis=1), 1, atol=1e-4)
+        np.testing.assert_allclose(frame[trained].sum(axis=1), 1, atol=1e-4)
     selection = pd.read_csv(run / "selection" / "selection.csv")
     assert not (selection["used"] & ~selection["eligible"]).any()
     # eligible = every filter passed; used = at most each class's deficit of them
@@ -296,3 +297,92 @@ def test_unknown_or_missing_tracker_fails_at_start(tmp_path, capsys):
     assert main(["run", "--config", str(cfg), "--set", "report_to=mlflow"]) == 2
     assert "unknown tracker 'mlflow'" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_predict_new_images_as_a_submission(finished_run, tmp_path, capsys):
+    run, _ = finished_run
+    folder = tmp_path / "new"
+    folder.mkdir()
+    src = sorted((run / "demo_data" / "ISIC_2019_Training_Input").glob("*.jpg"))[:5]
+    for p in src:
+        (folder / p.name).write_bytes(p.read_bytes())
+    out = tmp_path / "preds.csv"
+    assert main(["predict", "--run-dir", str(run), "--images", str(folder), "--out", str(out), "--ensemble"]) == 0
+    frame = pd.read_csv(out, dtype={"image": str})
+    assert list(frame.columns) == ["image"] + ISIC2019_CLASSES  # the official test-set format, UNK included
+    assert frame["image"].tolist() == [p.stem for p in src]
+    np.testing.assert_allclose(frame[ISIC2019_CLASSES].sum(axis=1), 1, atol=1e-4)
+    # the same images through the run's test pipeline give the same probabilities (same resize, normalisation)
+    from tailfill.predict import predict_proba
+    from tailfill.run import Run
+
+    r = Run.open(run)
+    test = r.data.split("test")
+    _, direct = predict_proba(r, test.images[:3], "augmented", ensemble=False)
+    saved = pd.read_csv(next(run.glob("classifier/augmented/*/seed_0/predictions_test.csv")), dtype={"image": str})
+    np.testing.assert_allclose(direct, saved.set_index("image").loc[test.frame["image"][:3], r.data.classes], atol=1e-5)
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    assert main(["predict", "--run-dir", str(run), "--images", str(folder), "--out", str(out)]) == 2
+    assert "broken.jpg" in capsys.readouterr().err
+    assert main(["predict", "--run-dir", str(run), "--images", str(folder), "--out", str(out),
+                 "--model", "magic"]) == 2
+    assert "no trained classifier baseline:magic" in capsys.readouterr().err
+
+
+def test_evaluate_on_an_external_labelled_set(finished_run):
+    run, _ = finished_run
+    assert main(["evaluate", "--run-dir", str(run), "--data-root", str(run / "demo_data"), "--name", "ext"]) == 0
+    out = run / "results" / "external" / "ext"
+    summary = json.loads((out / "summary.json").read_text())
+    augmented = "augmented:" + next((run / "classifier" / "augmented").iterdir()).name
+    assert augmented in summary["models"] and len(summary["models"]) == 2  # and the best baseline
+    for stats in summary["models"].values():
+        ba = stats["balanced_accuracy"]
+        assert 0 <= ba["low"] <= ba["mean"] <= ba["high"] <= 1
+    assert (out / "confusion.png").stat().st_size > 1000 and (out / "results.csv").is_file()
+    assert main(["report", "--run-dir", str(run), "--force"]) == 0
+    assert "## External evaluation: ext" in (run / "report" / "report.md").read_text()
+
+
+def test_official_scorer_agrees_with_tailfill(finished_run):
+    scoring = pytest.importorskip("isic_challenge_scoring")
+    if not hasattr(pd.DataFrame, "applymap"):  # the scorer still calls applymap, removed in pandas 3
+        pd.DataFrame.applymap = pd.DataFrame.map
+    run, _ = finished_run
+    truth = run / "results" / "truth_test.csv"
+    for pred in sorted(run.glob("classifier/*/*/seed_*/predictions_test.csv")):
+        metrics = json.loads((pred.parent / "metrics.json").read_text())["test"]
+        score = scoring.ClassificationScore.from_file(truth, pred, scoring.ClassificationMetric.BALANCED_ACCURACY)
+        out = score.to_dict()
+        assert abs(out["aggregate"]["balanced_accuracy"] - metrics["balanced_accuracy"]) < 1e-12
+        for name, pc in metrics["per_class"].items():
+            assert abs(out["per_category"]["auc"][name] - pc["auc"]) < 1e-12, name
+
+
+@pytest.mark.slow
+def test_two_fold_cross_validation(tmp_path, capsys):
+    cfg = write_config(tmp_path / "cv.yaml", tmp_path / "cv", data__folds=2, classifier__methods=["ce"],
+                       classifier__epochs=2, diffusion__train_steps=10)
+    assert main(["run", "--config", str(cfg)]) == 0
+    assert "cross-validation finished" in capsys.readouterr().out
+    root = tmp_path / "cv"
+    tests = []
+    for fold in (0, 1):
+        splits = pd.read_csv(root / f"fold_{fold}" / "data" / "splits.csv", dtype={"image": str, "lesion_id": str})
+        assert (splits.groupby("lesion_id")["split"].nunique() == 1).all()
+        tests.append(set(splits.loc[splits["split"] == "test", "image"]))
+        assert (root / f"fold_{fold}" / "diffusion" / "checkpoint").is_dir()  # its own generator
+    assert not tests[0] & tests[1]  # the folds' test splits are disjoint
+    results = pd.read_csv(root / "results" / "cv_results.csv")
+    assert set(results["fold"]) == {0, 1} and set(results["kind"]) == {"baseline", "augmented"}
+    summary = json.loads((root / "results" / "cv_summary.json").read_text())
+    for stats in summary.values():
+        assert stats["folds"] == 2
+        ba = stats["balanced_accuracy"]
+        assert 0 <= ba["low"] <= ba["mean"] <= ba["high"] <= 1
+    assert "cross-validation" in (root / "report" / "report.md").read_text()
+    # resumable per fold: a finished fold is not redone
+    marker = root / "fold_0" / "stages" / "train-baseline.json"
+    mtime = marker.stat().st_mtime_ns
+    assert main(["run", "--config", str(cfg), "--resume"]) == 0
+    assert marker.stat().st_mtime_ns == mtime

@@ -77,9 +77,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overwrite", action="store_true", help="delete --run-dir and start again")
     p.add_argument("--stages", help=f"comma-separated subset of: {','.join(STAGES)}")
     for stage in STAGES:
-        p = sub.add_parser(stage, help=f"run only the {stage} stage in a run directory")
+        p = sub.add_parser(stage, help=f"run only the {stage} stage in a run directory" + (
+            "; with --data-root/--data-csv, score the run's classifiers on an external labelled set" if stage ==
+            "evaluate" else ""))
         common(p)
         p.add_argument("--force", action="store_true", help="run it again even if it is marked done")
+        if stage == "evaluate":
+            p.add_argument("--data-kind", default="isic2019", choices=["isic2019", "folder", "csv"],
+                           help="layout of the external set")
+            p.add_argument("--data-root", help="external set: ISIC 2019 root or image folder (root/<class>/...)")
+            p.add_argument("--data-csv", help="external set: CSV with image,label (kind csv) or an ISIC ground truth")
+            p.add_argument("--name", help="name of the external set (default: the folder's name)")
+            p.add_argument("--model", action="append", help="augmented | baseline | METHOD | KIND:METHOD "
+                                                            "(repeatable; default augmented and the best baseline)")
+    p = sub.add_parser("predict", help="apply a finished run's classifier to new images; writes ISIC submission CSV")
+    p.add_argument("--run-dir", required=True)
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--images", help="a folder of images (searched recursively; id = relative path)")
+    where.add_argument("--csv", help="a CSV with an image column (paths relative to --root or the CSV's folder)")
+    where.add_argument("--data-root", help="an ISIC 2019 root (training layout, or ISIC_2019_Test_Input/)")
+    p.add_argument("--root", help="with --csv: the folder image paths are relative to")
+    p.add_argument("--out", required=True, help="the submission CSV to write")
+    p.add_argument("--model", default="augmented", help="augmented (default) | baseline | METHOD | KIND:METHOD")
+    p.add_argument("--ensemble", action="store_true", help="average the probabilities of every seed")
+    p.add_argument("--seed", type=int, help="use this seed's classifier (default: the first)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--debug", action="store_true")
     p = sub.add_parser("demo-data", help="write the demo dataset (ISIC 2019 layout) to a folder")
     p.add_argument("out")
     p.add_argument("--images", type=int, default=1000)
@@ -139,11 +163,28 @@ def _dispatch(args) -> int:
         if unknown:
             raise ValueError(f"unknown stage(s) {', '.join(unknown)}; known: {', '.join(STAGES)}")
         t0 = time.time()
+        if cfg.data.folds and cfg.data.fold is None:
+            from .crossval import run_folds
+
+            run_folds(run, stages)
+            summary = run.paths.root / "results" / "cv_summary.json"
+            if process_info().is_main and summary.is_file():
+                from .io import read_json
+                from .report import summary_table
+
+                print(summary_table(read_json(summary), [k[7:] for k in read_json(summary)[next(iter(
+                    read_json(summary)))] if k.startswith("recall_")]).to_string(index=False))
+                print(f"\ncross-validation finished in {time.time() - t0:.0f} s; report: "
+                      f"{run.paths.report_dir / 'report.md'}")
+            return 0
         run_all(run, stages)
         if process_info().is_main and run.is_done("evaluate"):
             print(final_table(run))
             print(f"\nrun finished in {time.time() - t0:.0f} s; report: {run.paths.report_dir / 'report.md'}")
         return 0
+
+    if args.command == "predict":
+        return _predict(args)
 
     # a single stage: an existing run directory, or a new one for `prepare`
     run_dir = Path(args.run_dir) if args.run_dir else None
@@ -160,9 +201,42 @@ def _dispatch(args) -> int:
         run.cfg.device = args.device
         run.device = resolve_device(args.device)
     _setup_logging(run.dir, args.verbose)
+    if args.command == "evaluate" and (args.data_root or args.data_csv):
+        from .predict import evaluate_external
+
+        name = args.name or Path(args.data_root or args.data_csv).resolve().name
+        out = evaluate_external(run, name, args.data_kind, args.data_root, args.data_csv, args.model)
+        print(f"external evaluation written to {out}")
+        return 0
     run_stage(run, args.command, force=args.force)
     if args.command == "report":
         print(final_table(run))
+    return 0
+
+
+def _predict(args) -> int:
+    from .data.sources import ISIC2019_GT
+    from .predict import images_from_csv, images_in, predict_files
+    from .run import Run
+    from .training import resolve_device
+
+    run = Run.open(args.run_dir)
+    if args.device:
+        run.device = resolve_device(args.device)
+    _setup_logging(None, args.verbose)
+    if args.images:
+        frame = images_in(args.images)
+    elif args.csv:
+        frame = images_from_csv(args.csv, args.root)
+    elif (Path(args.data_root) / ISIC2019_GT).is_file():
+        from .data import load_isic2019
+
+        dataset = load_isic2019(args.data_root, run.cfg.data.on_bad_image)
+        frame = dataset.frame.assign(path=[str(p) for p in dataset.paths()])[["image", "path"]]
+    else:
+        frame = images_in(Path(args.data_root) / "ISIC_2019_Test_Input")
+    submission = predict_files(run, frame, args.out, args.model, args.ensemble, args.seed)
+    print(f"{len(submission)} predictions written to {args.out}")
     return 0
 
 

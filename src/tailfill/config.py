@@ -23,6 +23,9 @@ class DataConfig:
     image_size: int = 32               # side of the cached square images every stage works on
     val_fraction: float = 0.15         # held-out real images: model selection and OOD calibration
     test_fraction: float = 0.2
+    split_file: Optional[str] = None   # CSV image,split (train/val/test/unused): your own split instead of ours
+    folds: Optional[int] = None        # k-fold cross-validation: k runs, fold i the test split of run i (grouped)
+    fold: Optional[int] = None         # set per fold by `tailfill run` when folds is set
     val_per_class: Optional[int] = None   # instead of val_fraction: this many images of every class (whole
     test_per_class: Optional[int] = None  # lesions), balanced held-out sets that measure the tail classes
     imbalance_ratio: Optional[float] = None  # thin the *training* split to this head/tail ratio; None: keep as
@@ -230,6 +233,9 @@ def validate(cfg: Config) -> None:
     check(d.kind == "demo" or d.root or d.csv, "data.root is required for real data")
     check(d.image_size >= 8 and d.image_size % 8 == 0, "data.image_size must be a multiple of 8")
     check(0 < d.val_fraction < 0.5 and 0 < d.test_fraction < 0.5, "split fractions in (0, 0.5)")
+    check(d.folds is None or d.folds >= 2, "data.folds is at least 2 (or null)")
+    check(d.fold is None or (d.folds is not None and 0 <= d.fold < d.folds), "data.fold in [0, data.folds)")
+    check(not (d.folds and d.split_file), "data.folds and data.split_file exclude each other")
     check(all(n is None or n > 0 for n in (d.val_per_class, d.test_per_class)),
           "data.val_per_class and data.test_per_class are positive (or null)")
     one_of(d.on_bad_image, ("error", "skip"), "data.on_bad_image")

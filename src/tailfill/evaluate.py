@@ -85,6 +85,15 @@ def _metric(y: np.ndarray, pred: np.ndarray, k: int, metric: str) -> float:
     raise ValueError(f"unknown metric {metric!r}")
 
 
+def truth_frame(image_ids, labels: np.ndarray, classes: list) -> pd.DataFrame:
+    """Ground truth in the ISIC format (``image`` + one 0/1 column per class), to score predictions with the
+    official ``isic-challenge-scoring`` package."""
+    frame = pd.DataFrame({"image": list(image_ids)})
+    for i, name in enumerate(classes):
+        frame[name] = (np.asarray(labels) == i).astype(float)
+    return frame
+
+
 def submission_frame(image_ids, proba: np.ndarray, classes: list, output_classes: list) -> pd.DataFrame:
     """Predictions in ISIC submission format: ``image`` then one probability column per official class
     (classes the model never saw, like UNK, get 0)."""

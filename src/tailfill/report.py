@@ -299,6 +299,13 @@ def write_report(run) -> Path:
                       "", "![OOD scores](ood_scores.png)", ""]
         sample_grid(run, selection, out / "samples.png")
         lines += ["![real vs synthetic samples](samples.png)", ""]
+    for ext in sorted((paths.results.parent / "external").glob("*/summary.json")):
+        e = read_json(ext)
+        lines += [f"## External evaluation: {e['name']}", "",
+                  f"{e['images']} images from `{e['source']}` ({e['kind']} layout); per class: "
+                  + ", ".join(f"{c} {n}" for c, n in e["counts"].items()) + ". " + next(iter(e["models"].values()))
+                  .get("interval", ""), "", to_markdown(summary_table(e["models"], classes)), "",
+                  f"![confusion matrices, {e['name']}](../results/external/{ext.parent.name}/confusion.png)", ""]
     diffusion_info = paths.diffusion / "train_info.json"
     histories = {}
     for cfg_path in sorted(paths.classifiers.glob("*/*/seed_*/config.json")):

@@ -51,8 +51,9 @@ def _train_and_save(run: Run, kind: str, method: str, seed: int, train, extra: d
     if not process_info().is_main:
         return
     fit.model.save(out, run.cfg.classifier.backbone)
+    # the classes that have training images: what the official scorer accepts against a split's truth file
     write_csv(out / "predictions_test.csv", submission_frame(test_frame["image"], fit.test_proba, d.classes,
-                                                              d.output_classes))
+                                                              d.classes))
     write_json(out / "metrics.json", metrics_record(kind, method, seed, fit, train.labels, d.classes, **extra))
     log.info("%s %s seed %d: val bacc %.3f, test bacc %.3f (%.0f s)", kind, method, seed,
              fit.val["balanced_accuracy"], fit.test["balanced_accuracy"], fit.seconds)
@@ -207,7 +208,7 @@ def train_augmented(run: Run) -> None:
 
 
 def evaluate(run: Run) -> None:
-    from .evaluate import results_table, summarise
+    from .evaluate import results_table, summarise, truth_frame
 
     t0 = time.time()
     records = [read_json(p) for p in sorted(run.paths.classifiers.glob("*/*/seed_*/metrics.json"))]
@@ -216,6 +217,8 @@ def evaluate(run: Run) -> None:
     results = results_table(records)
     write_csv(run.paths.results, results)
     test = run.data.split("test")
+    write_csv(run.paths.results.parent / "truth_test.csv", truth_frame(test.frame["image"], test.labels,
+                                                                       run.data.classes))
     predictions = {}
     for _, row in results.iterrows():  # per model, the test probabilities of each seed, in the class order
         frame = read_table(run.paths.classifier(row["kind"], row["method"], row["seed"]) / "predictions_test.csv")

@@ -80,6 +80,57 @@ class PreparedData:
                 for s in ("train", "val", "test")}
 
 
+SPLITS = ("train", "val", "test", "unused")
+
+
+def read_split_file(path: str | Path) -> pd.DataFrame:
+    from ..io import read_table
+    from .sources import DataError
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data.split_file not found: {path}")
+    table = read_table(path)
+    missing = [c for c in ("image", "split") if c not in table.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; expected image,split")
+    return table.assign(split=table["split"].astype(str).str.strip().str.lower())
+
+
+def apply_split_table(frame: pd.DataFrame, table: pd.DataFrame, classes: list, what) -> np.ndarray:
+    """The split of every image of ``frame`` from a table (image, split), checked: known images, known split
+    names, no lesion on two sides, every class in train and val. Images it does not list are unused."""
+    from .sources import DataError
+
+    bad = table[~table["split"].isin(SPLITS)]
+    if len(bad):
+        r = bad.index[0]
+        raise DataError(f"{what}: row {r + 2} has split {bad['split'].iloc[0]!r}; use train, val, test or unused")
+    dup = table["image"].duplicated()
+    if dup.any():
+        raise DataError(f"{what}: image {table['image'][dup].iloc[0]!r} is listed more than once")
+    unknown = sorted(set(table["image"]) - set(frame["image"]))
+    if unknown:
+        raise DataError(f"{what}: {len(unknown)} image(s) are not in the dataset, e.g. {', '.join(unknown[:3])}")
+    split = frame["image"].map(dict(zip(table["image"], table["split"]))).fillna("unused").to_numpy().astype(str)
+    if (split == "unused").any():
+        log.warning("%s: %d image(s) of the dataset are not listed; they are left unused", what,
+                    int((split == "unused").sum()))
+    used = split != "unused"
+    sides = pd.DataFrame({"lesion": frame["lesion_id"].astype(str), "split": split})[used].groupby("lesion")["split"]
+    mixed = sides.nunique()
+    if (mixed > 1).any():
+        lesion = mixed[mixed > 1].index[0]
+        raise DataError(f"{what}: lesion {lesion} is on both sides ({', '.join(sorted(sides.unique()[lesion]))}); "
+                        "a lesion's images must share a split")
+    labels = frame["label"].to_numpy()
+    for name in ("train", "val"):
+        missing = [classes[c] for c in range(len(classes)) if not np.any((labels == c) & (split == name))]
+        if missing:
+            raise DataError(f"{what}: class(es) {', '.join(missing)} have no image in the {name} split")
+    return split
+
+
 def prepare_dataset(d, work_dir: str | Path, seed: int = 0) -> PreparedData:
     """Load, cap, cache, split (grouped by lesion), thin the training split, and find the lesion masks."""
     from ..masks import load_user_mask, segment_batch
@@ -98,7 +149,14 @@ def prepare_dataset(d, work_dir: str | Path, seed: int = 0) -> PreparedData:
                              Path(d.cache_dir) if d.cache_dir else work_dir / "cache", d.workers, d.on_bad_image)
     frame, images = frame[ok].reset_index(drop=True), images[ok]
     labels, groups = frame["label"].to_numpy(), frame["lesion_id"].to_numpy()
-    split = make_splits(labels, groups, d.val_fraction, d.test_fraction, seed, d.val_per_class, d.test_per_class)
+    if d.split_file:
+        split = apply_split_table(frame, read_split_file(d.split_file), dataset.classes, d.split_file)
+    elif "split" in frame.columns:
+        log.info("using the split column of the dataset CSV (train/val/test)")
+        split = apply_split_table(frame, frame[["image", "split"]], dataset.classes, "the dataset CSV's split column")
+    else:
+        split = make_splits(labels, groups, d.val_fraction, d.test_fraction, seed, d.val_per_class, d.test_per_class,
+                            d.folds, d.fold)
     ratio = d.imbalance_ratio if d.imbalance_ratio is not None else (DEMO_TRAIN_IMBALANCE if d.kind == "demo" else None)
     if ratio:
         keep = long_tail_subsample(labels, split, ratio, seed, groups=groups)

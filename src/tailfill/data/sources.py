@@ -211,5 +211,10 @@ def load_csv_dataset(csv: str | Path, root: str | Path | None = None, classes: l
                           "label": names.map({c: i for i, c in enumerate(classes)})})
     if "lesion_id" in table.columns:
         frame["lesion_id"] = table["lesion_id"]
+    if "split" in table.columns:  # the user's own split: used as given (see data.prepare.apply_split_table)
+        frame["split"] = table["split"].astype(str).str.strip().str.lower()
     frame = _resolve_missing(root, frame, on_bad_image, csv.name)
-    return _finish(root, frame, classes, str(csv))
+    out = _finish(root, frame, classes, str(csv))
+    if "split" in frame.columns:
+        out.frame["split"] = frame.set_index("image").loc[out.frame["image"], "split"].to_numpy()
+    return out

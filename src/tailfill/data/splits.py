@@ -40,21 +40,41 @@ def _holdout_per_class(labels, groups, per_class: int, seed, candidates):
     return out
 
 
+def fold_test_split(labels, groups, folds: int, fold: int, seed: int = 0) -> np.ndarray:
+    """Boolean: the images of ``fold`` of a stratified, lesion-grouped ``folds``-fold partition."""
+    import warnings
+
+    labels, groups = np.asarray(labels), np.asarray(groups).astype(str)
+    sgkf = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        _, test = list(sgkf.split(np.zeros(len(labels)), labels, groups))[fold]
+    out = np.zeros(len(labels), bool)
+    out[test] = True
+    return out
+
+
 def make_splits(labels, groups, val_fraction: float = 0.15, test_fraction: float = 0.2, seed: int = 0,
-                val_per_class: int | None = None, test_per_class: int | None = None) -> np.ndarray:
+                val_per_class: int | None = None, test_per_class: int | None = None,
+                folds: int | None = None, fold: int | None = None) -> np.ndarray:
     """Return an array of ``"train"``/``"val"``/``"test"``: stratified by label, grouped by ``groups``.
 
     All images of one group (lesion) land in the same split, so a lesion photographed twice can't
     be learnt from one photo and tested on the other. ``*_per_class`` replace the fractions with a
     fixed count per class: balanced held-out sets, so the tail classes are measured on as many images
-    as the head.
+    as the head. With ``folds``, the test split is fold ``fold`` of a ``folds``-fold partition.
     """
     labels = np.asarray(labels)
     groups = np.asarray(groups).astype(str)
     split = np.full(len(labels), "train", dtype=object)
     everything = np.ones(len(labels), bool)
-    test = _holdout_per_class(labels, groups, test_per_class, seed, everything) if test_per_class \
-        else _holdout(labels, groups, test_fraction, seed, everything)
+    if folds:  # cross-validation: the test split is one fold of a fixed partition (the same in every fold's run)
+        test = fold_test_split(labels, groups, folds, fold or 0, seed)
+        test_fraction = 1.0 / folds
+    elif test_per_class:
+        test = _holdout_per_class(labels, groups, test_per_class, seed, everything)
+    else:
+        test = _holdout(labels, groups, test_fraction, seed, everything)
     split[test] = "test"
     val = _holdout_per_class(labels, groups, val_per_class, seed + 1, ~test) if val_per_class \
         else _holdout(labels, groups, val_fraction / (1 - test_fraction), seed + 1, ~test)
