@@ -386,3 +386,33 @@ def test_two_fold_cross_validation(tmp_path, capsys):
     mtime = marker.stat().st_mtime_ns
     assert main(["run", "--config", str(cfg), "--resume"]) == 0
     assert marker.stat().st_mtime_ns == mtime
+
+
+@pytest.mark.slow
+def test_two_processes_share_the_work_and_stay_in_sync(finished_run, tmp_path):
+    """`torchrun --nproc-per-node 2 -m tailfill run` on CPU: one run directory, each stage once, DDP in sync."""
+    cfg = write_config(tmp_path / "ddp.yaml", tmp_path / "ddp")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                           "-m", "tailfill", "run", "--config", str(cfg)], env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = tmp_path / "ddp"
+    assert done.stdout.count("run finished in") == 1  # one final table, from the main process
+    log = (run / "log.txt").read_text()
+    for stage in STAGES:
+        assert (run / "stages" / f"{stage}.json").is_file()
+        assert log.count(f"stage {stage} ...") == 1, stage
+    info = json.loads((run / "diffusion" / "train_info.json").read_text())
+    assert info["processes"] == 2 and len(set(info["weights_digest_per_rank"])) == 1
+    assert len(info["weights_digest_per_rank"]) == 2
+    for path in run.glob("classifier/*/*/seed_*/config.json"):
+        digests = json.loads(path.read_text())["tailfill"]["weights_digest_per_rank"]
+        assert len(digests) == 2 and len(set(digests)) == 1, path
+    plan = pd.read_csv(run / "synthetic" / "plan.csv")
+    shards = sorted((run / "synthetic" / "shards").glob("shard_*.csv"))
+    assert len(shards) == -(-len(plan) // 8)  # every shard once (shard_size 8), made by one rank or the other
+    manifest = pd.read_csv(run / "synthetic" / "manifest.csv")
+    assert manifest["file"].tolist() == plan["file"].tolist()
+    one = pd.read_csv(finished_run[0] / "synthetic" / "plan.csv")
+    pd.testing.assert_frame_equal(plan, one)  # the same plan as a 1-process run (same split, same seeds)

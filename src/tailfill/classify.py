@@ -35,7 +35,7 @@ from .evaluate import balanced_accuracy, classification_metrics
 from .io import load_tensors, read_json, save_tensors, write_json
 from .mixing import draw_probabilities
 from .progress import progress
-from .training import check_finite, finish_tracking, make_accelerator, normalize_images
+from .training import check_finite, digests_per_rank, finish_tracking, make_accelerator, normalize_images
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +197,7 @@ class TrainedClassifier:
     log_prior: np.ndarray
     history: list
     input_size: int | None = None  # the side of the images it was trained on
+    rank_digests: list | None = None  # weights hash of each process's copy after training (equal under DDP)
 
     @torch.no_grad()
     def logits(self, images_u8: np.ndarray, batch_size: int = 256) -> np.ndarray:
@@ -246,7 +247,8 @@ class TrainedClassifier:
                                "std": list(m.std), "interpolation": "bilinear", "crop_pct": 1.0,
                                "classifier": m.classifier_name},
             "tailfill": {"method": self.method, "head": METHODS[self.method].get("head", "linear"),
-                         "log_prior": self.log_prior.tolist(), "history": self.history}})
+                         "log_prior": self.log_prior.tolist(), "history": self.history,
+                         "weights_digest_per_rank": self.rank_digests}})
 
     @classmethod
     def load(cls, out_dir: str | Path, device: str = "cpu") -> "TrainedClassifier":
@@ -352,6 +354,7 @@ def train_classifier(train_images: np.ndarray, train_labels: np.ndarray, val_ima
             best, best_state = val_bacc, copy.deepcopy(result.model.state_dict())
     bar.close()
     finish_tracking(accelerator)
+    result.rank_digests = digests_per_rank(result.model)  # DDP check: one value when the ranks are in sync
     result.input_size = int(train_images.shape[1])
     result.model.load_state_dict(best_state)
     result.model.eval()

@@ -12,8 +12,12 @@ from . import __version__
 log = logging.getLogger("tailfill")
 
 
-def _setup_logging(run_dir: Path | None, verbose: bool) -> None:
+def _setup_logging(run_dir: Path | None, verbose: bool, rank: int = 0) -> None:
     handlers = [logging.StreamHandler(sys.stderr)]
+    if rank != 0:  # other processes: warnings only, marked with their rank; the main process writes log.txt
+        logging.basicConfig(level=logging.WARNING, handlers=handlers, force=True,
+                            format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+        return
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
         from .run import RunLayout
@@ -156,8 +160,11 @@ def _dispatch(args) -> int:
         if args.device:
             cfg.device = args.device
         run = Run(cfg)
-        run.initialise(resume=args.resume, overwrite=args.overwrite)
-        _setup_logging(run.dir, args.verbose)
+        proc = process_info()
+        if proc.is_main:  # only the main process creates or checks the run directory; the others wait for it
+            run.initialise(resume=args.resume, overwrite=args.overwrite)
+        proc.barrier()
+        _setup_logging(run.dir, args.verbose, proc.rank)
         stages = args.stages.split(",") if args.stages else STAGES
         unknown = [s for s in stages if s not in STAGES]
         if unknown:
@@ -192,7 +199,9 @@ def _dispatch(args) -> int:
         run = Run.open(run_dir)
     elif args.command == "prepare":
         run = Run(_load(args))
-        run.initialise(resume=True)
+        if process_info().is_main:
+            run.initialise(resume=True)
+        process_info().barrier()
     else:
         if run_dir is None:
             raise ValueError(f"`tailfill {args.command}` needs --run-dir of a run started with `tailfill prepare`")
@@ -200,7 +209,7 @@ def _dispatch(args) -> int:
     if args.device:
         run.cfg.device = args.device
         run.device = resolve_device(args.device)
-    _setup_logging(run.dir, args.verbose)
+    _setup_logging(run.dir, args.verbose, process_info().rank)
     if args.command == "evaluate" and (args.data_root or args.data_csv):
         from .predict import evaluate_external
 

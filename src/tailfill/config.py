@@ -40,7 +40,25 @@ class DataConfig:
 
 
 @dataclass
+class AutoencoderConfig:
+    """The autoencoder of latent diffusion (diffusion.space: latent), when tailfill trains it."""
+    block_out_channels: list = field(default_factory=lambda: [32, 64, 64])  # 3 levels: latents 4x smaller
+    latent_channels: int = 4
+    layers_per_block: int = 1
+    train_steps: int = 2000
+    batch_size: int = 32
+    lr: float = 5e-4
+    kl_weight: float = 1e-6            # small: a near-deterministic autoencoder, as in latent diffusion
+    ema_decay: float = 0.999
+    checkpoint_every: int = 250
+    log_every: int = 100
+    mixed_precision: Optional[str] = None
+
+
+@dataclass
 class DiffusionConfig:
+    space: str = "pixel"               # pixel | latent (a UNet on an autoencoder's latents: more px per CPU-minute)
+    vae: Optional[str] = None          # latent: a local pretrained AutoencoderKL folder; None: train one (autoencoder.*)
     block_out_channels: list = field(default_factory=lambda: [32, 64, 64])
     layers_per_block: int = 1
     attention: bool = False            # self-attention in the lowest-resolution blocks
@@ -56,7 +74,7 @@ class DiffusionConfig:
     class_sampling_power: float = 0.5  # draw class c with p ~ n_c**power: 1 natural, 0 balanced, 0.5 between
     snr_gamma: Optional[float] = None  # Min-SNR-gamma loss weighting (e.g. 5); None: plain epsilon MSE
     checkpoint_every: int = 250
-    mixed_precision: str = "no"        # no | fp16 | bf16 (GPU only)
+    mixed_precision: Optional[str] = None  # no | fp16 | bf16; null: the launcher's (accelerate launch --mixed_precision)
     log_every: int = 100
 
 
@@ -108,7 +126,7 @@ class ClassifierConfig:
     soft_label_gamma: float = 0.5      # skin) count s**gamma as their class, the rest as the source class (Diff-Mix)
     retrain_head: bool = False         # cRT: then re-train the head on real images only, class-balanced
     head_epochs: int = 10              # epochs of that head re-training
-    mixed_precision: str = "no"
+    mixed_precision: Optional[str] = None  # as diffusion.mixed_precision
 
 
 @dataclass
@@ -118,6 +136,7 @@ class Config:
     device: str = "auto"               # auto | cpu | cuda
     report_to: Optional[str] = None    # tensorboard | wandb: training curves to an accelerate tracker as well
     data: DataConfig = field(default_factory=DataConfig)
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
@@ -258,6 +277,13 @@ def validate(cfg: Config) -> None:
         check(m in METHODS, f"unknown classifier method {m!r}; choose from {', '.join(METHODS)}")
     check(c.synthetic_share is None or 0 <= c.synthetic_share <= 1, "classifier.synthetic_share in [0, 1]")
     check(c.synthetic_loss_weight > 0, "classifier.synthetic_loss_weight > 0")
+    for key, mp in (("diffusion", cfg.diffusion.mixed_precision), ("classifier", c.mixed_precision)):
+        check(mp is None or mp in ("no", "fp16", "bf16"), f"{key}.mixed_precision is no, fp16, bf16 or null")
+    one_of(cfg.diffusion.space, ("pixel", "latent"), "diffusion.space")
+    if cfg.diffusion.space == "latent" and not cfg.diffusion.vae:
+        factor = 2 ** (len(cfg.autoencoder.block_out_channels) - 1)
+        check(d.image_size % (factor * 2 ** (len(cfg.diffusion.block_out_channels) - 1)) == 0,
+              f"data.image_size must be divisible by the autoencoder's {factor}x and the UNet's downsampling")
     check(cfg.diffusion.train_steps > 0 and cfg.diffusion.batch_size > 0, "diffusion steps and batch size > 0")
     from .training import check_tracker
 

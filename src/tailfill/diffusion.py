@@ -26,8 +26,8 @@ from scipy import ndimage
 from .io import atomic_dir, load_state, recover_dir, save_state, write_json
 from .masks import random_shape_mask
 from .progress import progress
-from .training import (TrainingDivergedError, check_finite, class_power_probabilities, finish_tracking,
-                       make_accelerator, to_model_range)
+from .training import (TrainingDivergedError, check_finite, class_power_probabilities, digests_per_rank,
+                       ema_update, finish_tracking, make_accelerator, to_model_range)
 
 log = logging.getLogger(__name__)
 
@@ -39,15 +39,18 @@ __all__ = ["SCHEDULERS", "InpaintPipeline", "MaskSampler", "TrainingDivergedErro
 
 
 def build_unet(image_size: int, num_classes: int, block_out_channels=(32, 64, 64), layers_per_block: int = 1,
-               attention: bool = False) -> UNet2DModel:
-    """An inpainting UNet: 7 input channels, ``num_classes + 1`` class embeddings (the last is null)."""
+               attention: bool = False, channels: int = 3) -> UNet2DModel:
+    """An inpainting UNet: ``2 * channels + 1`` input channels (noisy image, masked image, mask; 7 in pixel
+    space), ``num_classes + 1`` class embeddings (the last is null). In latent space ``image_size`` is the
+    latent side and ``channels`` the autoencoder's latent channels."""
     n = len(block_out_channels)
     down = ["DownBlock2D"] * n
     up = ["UpBlock2D"] * n
     if attention:  # attention where the feature map is smallest: cheap and global
         down[-1], up[0] = "AttnDownBlock2D", "AttnUpBlock2D"
     return UNet2DModel(
-        sample_size=image_size, in_channels=7, out_channels=3, block_out_channels=tuple(block_out_channels),
+        sample_size=image_size, in_channels=2 * channels + 1, out_channels=channels,
+        block_out_channels=tuple(block_out_channels),
         layers_per_block=layers_per_block, down_block_types=tuple(down), up_block_types=tuple(up),
         num_class_embeds=num_classes + 1, norm_num_groups=min(32, min(block_out_channels) // 4),
         add_attention=attention,
@@ -58,37 +61,53 @@ def null_label(unet: UNet2DModel) -> int:
     return unet.config.num_class_embeds - 1
 
 
-def make_scheduler(name: str, train_scheduler_config) -> object:
+def make_scheduler(name: str, train_scheduler_config, latent: bool = False) -> object:
     """A sampler of kind ``name`` (ddpm | ddim | dpmsolver++) matching the training noise schedule."""
     if name not in SCHEDULERS:
         raise ValueError(f"unknown sampler {name!r}; choose from {', '.join(SCHEDULERS)}")
     kwargs = {"timestep_spacing": "trailing"}  # start from pure noise even with few steps
     if name == "dpmsolver++":
-        # pixel-space data prediction: without thresholding x0 = (x - sigma eps) / alpha explodes at high noise
-        kwargs.update(algorithm_type="dpmsolver++", solver_order=2, thresholding=True, sample_max_value=1.0)
+        kwargs.update(algorithm_type="dpmsolver++", solver_order=2)
+        if not latent:  # pixel-space data prediction: without thresholding x0 = (x - sigma eps) / alpha explodes
+            kwargs.update(thresholding=True, sample_max_value=1.0)
     return SCHEDULERS[name].from_config(train_scheduler_config, **kwargs)
 
 
-def model_input(noisy, images, masks):
-    """The 7-channel input: noisy image, image with the mask region blanked, mask."""
-    return torch.cat([noisy, images * (1 - masks), masks], dim=1)
+def model_input(noisy, masked, masks):
+    """The UNet's input: noisy image (or latent), the image with the mask region blanked (or its latent),
+    the mask (on the latent grid in latent space)."""
+    return torch.cat([noisy, masked, masks], dim=1)
 
 
 class InpaintPipeline:
-    """A UNet and a scheduler that fill masked regions with new lesions of a given class."""
+    """A UNet and a scheduler that fill masked regions with new lesions of a given class; with a ``vae``
+    (latent diffusion) the UNet works on the autoencoder's latents and the result is decoded, then the
+    unmasked pixels are pasted back from the real image exactly."""
 
-    def __init__(self, unet: UNet2DModel, scheduler):
-        self.unet, self.scheduler = unet, scheduler
+    def __init__(self, unet: UNet2DModel, scheduler, vae=None):
+        self.unet, self.scheduler, self.vae = unet, scheduler, vae
 
     @property
     def device(self) -> torch.device:
         return next(self.unet.parameters()).device
 
+    def noise_shape(self, image_shape: tuple) -> tuple:
+        """The starting noise of one image of (3, H, W): the same shape in pixels, the latent's otherwise."""
+        if self.vae is None:
+            return tuple(image_shape)
+        from .autoencoder import downscale
+
+        f = downscale(self.vae)
+        return (self.vae.config.latent_channels, image_shape[-2] // f, image_shape[-1] // f)
+
     def save_pretrained(self, path: str | Path, unet_subfolder: str = "unet") -> None:
-        """``unet_subfolder/`` (safetensors + config) and ``scheduler/scheduler_config.json``."""
+        """``unet_subfolder/`` (safetensors + config), ``scheduler/scheduler_config.json`` and, in latent
+        space, ``vae/``: everything generation needs, in one folder."""
         path = Path(path)
         self.unet.save_pretrained(path / unet_subfolder)
         self.scheduler.save_pretrained(path / "scheduler")
+        if self.vae is not None:
+            self.vae.save_pretrained(path / "vae")
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, unet_subfolder: str = "unet_ema", scheduler: str | None = None,
@@ -100,9 +119,14 @@ class InpaintPipeline:
             raise FileNotFoundError(f"no inpainting pipeline at {path} (needs {unet_subfolder}/ and scheduler/); "
                                     "run `tailfill train-diffusion` first")
         unet = UNet2DModel.from_pretrained(path / unet_subfolder, use_safetensors=True).to(device).eval()
+        vae = None
+        if (path / "vae").is_dir():
+            from .autoencoder import load_vae
+
+            vae = load_vae(path / "vae", device)
         config = DDPMScheduler.load_config(path / "scheduler")
-        sched = make_scheduler(scheduler, config) if scheduler else DDPMScheduler.from_config(config)
-        return cls(unet, sched)
+        sched = make_scheduler(scheduler, config, vae is not None) if scheduler else DDPMScheduler.from_config(config)
+        return cls(unet, sched, vae)
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor, *,
@@ -112,25 +136,33 @@ class InpaintPipeline:
 
         Classifier-free guidance: eps = eps(null) + scale * (eps(label) - eps(null)); scale 1 is plain
         conditional sampling. Outside the mask the result is exactly the input image. ``noise`` (the
-        starting noise) makes each image reproducible on its own, whatever batch it is drawn in.
-        ``strength`` < 1 starts from the input image noised to that fraction of the schedule instead of
-        pure noise (SDEdit): the new lesion keeps the old one's layout and takes the class's look.
+        starting noise, :meth:`noise_shape` per image) makes each image reproducible on its own, whatever
+        batch it is drawn in. ``strength`` < 1 starts from the input image noised to that fraction of the
+        schedule instead of pure noise (SDEdit): the new lesion keeps the old one's layout and takes the
+        class's look.
         """
         if not 0.0 < strength <= 1.0:
             raise ValueError(f"strength must be in (0, 1], got {strength}")
         unet, scheduler, device = self.unet, self.scheduler, self.device
         images, masks, labels = images.to(device), masks.to(device), labels.to(device)
+        if self.vae is None:
+            start, masked, cond_masks = images, images * (1 - masks), masks
+        else:  # the same idea on the autoencoder's latent grid
+            from .autoencoder import downscale, encode, latent_mask
+
+            start, masked = encode(self.vae, images), encode(self.vae, images * (1 - masks))
+            cond_masks = latent_mask(masks, downscale(self.vae))
         scheduler.set_timesteps(num_inference_steps, device=device)
         if noise is None:
-            noise = torch.randn(images.shape, generator=generator, device="cpu")
+            noise = torch.randn((len(images), *self.noise_shape(images.shape[1:])), generator=generator, device="cpu")
         noise = noise.to(device)
         timesteps = scheduler.timesteps
         if strength < 1.0:
-            start = min(len(timesteps) - 1, int(round(len(timesteps) * (1.0 - strength))))
-            timesteps = timesteps[start:]
+            first = min(len(timesteps) - 1, int(round(len(timesteps) * (1.0 - strength))))
+            timesteps = timesteps[first:]
             if hasattr(scheduler, "set_begin_index"):
-                scheduler.set_begin_index(start)
-            x = scheduler.add_noise(images, noise, timesteps[:1].repeat(len(images)))
+                scheduler.set_begin_index(first)
+            x = scheduler.add_noise(start, noise, timesteps[:1].repeat(len(images)))
         else:
             x = noise * scheduler.init_noise_sigma
         nulls = torch.full_like(labels, null_label(unet))
@@ -138,13 +170,17 @@ class InpaintPipeline:
         if generator is not None and generator.device.type != x.device.type:
             step_kwargs = {}  # a CPU generator can't drive CUDA noise; results stay seeded by the initial noise
         for t in timesteps:
-            inp = model_input(scheduler.scale_model_input(x, t), images, masks)
+            inp = model_input(scheduler.scale_model_input(x, t), masked, cond_masks)
             if guidance_scale == 1.0:
                 eps = unet(inp, t, class_labels=labels).sample
             else:
                 eps_c, eps_u = unet(torch.cat([inp, inp]), t, class_labels=torch.cat([labels, nulls])).sample.chunk(2)
                 eps = eps_u + guidance_scale * (eps_c - eps_u)
             x = scheduler.step(eps, t, x, **step_kwargs).prev_sample
+        if self.vae is not None:
+            from .autoencoder import decode
+
+            x = decode(self.vae, x)
         return masks * x.clamp(-1, 1) + (1 - masks) * images
 
 
@@ -197,14 +233,15 @@ def random_dihedral(x: torch.Tensor, m: torch.Tensor, rng: np.random.Generator):
 
 def train_diffusion(images_u8: np.ndarray, labels: np.ndarray, lesion_masks: np.ndarray, num_classes: int,
                     cfg, out_dir: str | Path, seed: int = 0, device: str = "auto", resume: bool = True,
-                    tracking=None) -> Path:
+                    tracking=None, vae=None) -> Path:
     """Train the inpainting model on all classes; returns the checkpoint folder, an :class:`InpaintPipeline`
     (``unet/``, ``unet_ema/``, ``scheduler/``) plus the optimiser state.
 
     ``cfg`` is a :class:`~tailfill.config.DiffusionConfig`. Checkpoints every ``cfg.checkpoint_every``
     steps into ``out_dir/checkpoint`` (atomically) and, with ``resume``, continues from there. Batches
     and noise are seeded by step, so a resumed run follows the same path as an uninterrupted one.
-    Runs under Hugging Face Accelerate: launch with ``accelerate launch`` for several GPUs.
+    Runs under Hugging Face Accelerate: launch with ``accelerate launch`` for several GPUs. With ``vae``
+    (an AutoencoderKL, frozen) the UNet learns the same task on its latents (latent diffusion).
     """
     from diffusers.training_utils import compute_snr
 
@@ -212,8 +249,15 @@ def train_diffusion(images_u8: np.ndarray, labels: np.ndarray, lesion_masks: np.
     ckpt = out_dir / "checkpoint"
     accelerator = make_accelerator(cfg.mixed_precision, device, tracking, "diffusion", vars(cfg))
     size = images_u8.shape[1]
+    factor, channels = 1, 3
+    if vae is not None:
+        from .autoencoder import downscale, encode, latent_mask
+
+        vae = vae.to(accelerator.device).eval().requires_grad_(False)
+        factor, channels = downscale(vae), vae.config.latent_channels
     torch.manual_seed(seed)  # same initial weights on every process and every run
-    unet = build_unet(size, num_classes, cfg.block_out_channels, cfg.layers_per_block, cfg.attention)
+    unet = build_unet(size // factor, num_classes, cfg.block_out_channels, cfg.layers_per_block, cfg.attention,
+                      channels)
     noise_sched = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
     ema = copy.deepcopy(unet).requires_grad_(False)
@@ -232,7 +276,7 @@ def train_diffusion(images_u8: np.ndarray, labels: np.ndarray, lesion_masks: np.
 
     weights = class_power_probabilities(labels, cfg.class_sampling_power)
     mask_sampler = MaskSampler(lesion_masks, cfg.lesion_mask_prob, seed)
-    all_images = to_model_range(images_u8)
+    # batches are converted to float as they are drawn: a float copy of the whole set is 4x its uint8 size
     labels_t = torch.as_tensor(labels, dtype=torch.long)
     nparams = sum(p.numel() for p in unet.parameters())
     log.info("diffusion: %.2fM parameters, %d images, %d steps of %d", nparams / 1e6, len(labels), cfg.train_steps,
@@ -242,7 +286,7 @@ def train_diffusion(images_u8: np.ndarray, labels: np.ndarray, lesion_masks: np.
         if not accelerator.is_main_process:
             return
         with atomic_dir(ckpt) as tmp:
-            InpaintPipeline(accelerator.unwrap_model(unet), noise_sched).save_pretrained(tmp, "unet")
+            InpaintPipeline(accelerator.unwrap_model(unet), noise_sched, vae).save_pretrained(tmp, "unet")
             ema.save_pretrained(tmp / "unet_ema")
             save_state(tmp / "state.pt", {"optimizer": opt.state_dict() if not hasattr(opt, "optimizer")
                                           else opt.optimizer.state_dict(), "step": step, "history": history})
@@ -254,17 +298,21 @@ def train_diffusion(images_u8: np.ndarray, labels: np.ndarray, lesion_masks: np.
         rng = np.random.default_rng([seed, step, accelerator.process_index])
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
         idx = rng.choice(len(labels), size=cfg.batch_size, p=weights)
-        x0 = all_images[idx]
+        x0 = to_model_range(images_u8[idx])
         m = torch.from_numpy(mask_sampler(idx, rng))[:, None]
         x0, m = random_dihedral(x0, m, rng)
         y = labels_t[idx].clone()
         y[torch.rand(len(y), generator=gen) < cfg.cond_drop_prob] = num_classes  # null class
+        x0, m = x0.to(accelerator.device), m.to(accelerator.device)
+        masked = x0 * (1 - m)
+        if vae is not None:  # the frozen autoencoder's latents: the target, the condition and the mask's grid
+            x0, masked, m = encode(vae, x0), encode(vae, masked), latent_mask(m, factor)
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, cfg.num_train_timesteps, (len(y),), generator=gen)
-        x0, m, y, noise, t = (a.to(accelerator.device) for a in (x0, m, y, noise, t))
+        y, noise, t = (a.to(accelerator.device) for a in (y, noise, t))
         noisy = noise_sched.add_noise(x0, noise, t)
         with accelerator.autocast():
-            pred = unet(model_input(noisy, x0, m), t, class_labels=y).sample
+            pred = unet(model_input(noisy, masked, m), t, class_labels=y).sample
         snr = compute_snr(noise_sched, t) if cfg.snr_gamma is not None else None
         loss = diffusion_loss(pred, noise, m, cfg.mask_loss_weight, snr, cfg.snr_gamma)
         check_finite(loss, f"diffusion step {step}",
@@ -274,10 +322,7 @@ def train_diffusion(images_u8: np.ndarray, labels: np.ndarray, lesion_masks: np.
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(unet.parameters(), 1.0)
         opt.step()
-        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, p in zip(ema.parameters(), accelerator.unwrap_model(unet).parameters()):
-                pe.lerp_(p.detach(), 1 - decay)
+        ema_update(ema, accelerator.unwrap_model(unet), cfg.ema_decay, step)
         step += 1
         running.append(loss.item())
         bar.update(1)
@@ -292,7 +337,10 @@ def train_diffusion(images_u8: np.ndarray, labels: np.ndarray, lesion_masks: np.
             save_checkpoint()
     bar.close()
     finish_tracking(accelerator)
+    digests = digests_per_rank(accelerator.unwrap_model(unet))  # DDP check: one value when in sync
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        write_json(out_dir / "train_info.json", {"steps": step, "history": history, "parameters": nparams})
+        write_json(out_dir / "train_info.json", {"steps": step, "history": history, "parameters": nparams,
+                                                  "processes": accelerator.num_processes,
+                                                  "weights_digest_per_rank": digests})
     return ckpt

@@ -116,8 +116,8 @@ def synthesize(pipe: InpaintPipeline, plan: pd.DataFrame, context_images: np.nda
     for b in range(0, len(plan), cfg.batch_size):
         rows = plan.iloc[b:b + cfg.batch_size]
         images = to_model_range(context_images[rows["context_index"].to_numpy()])
-        noise = torch.stack([torch.randn(images.shape[1:], generator=torch.Generator().manual_seed(int(s)))
-                             for s in rows["seed"]])
+        noise = torch.stack([torch.randn(pipe.noise_shape(images.shape[1:]),
+                                         generator=torch.Generator().manual_seed(int(s))) for s in rows["seed"]])
         gen = torch.Generator().manual_seed(int(rows["seed"].iloc[0]))
         labels = torch.as_tensor(rows["label"].to_numpy(dtype=np.int64).copy())
         out = pipe(images, torch.from_numpy(masks[b:b + len(rows)])[:, None], labels,
@@ -177,7 +177,10 @@ def generate(plan: pd.DataFrame, context_images: np.ndarray, context_masks: np.n
     weights = ckpt_dir / unet_subfolder(cfg) / "diffusion_pytorch_model.safetensors"
     provenance = {"sampler": cfg.sampler, "steps": cfg.steps, "guidance_scale": cfg.guidance_scale,
                   "checkpoint": str(weights.relative_to(out_dir.parent)) if out_dir.parent in weights.parents
-                  else str(weights), "weights_sha256": _file_digest(weights)}
+                  else str(weights), "weights_sha256": _file_digest(weights),
+                  "space": "pixel" if pipe.vae is None else "latent"}
+    if pipe.vae is not None:  # latent diffusion: the autoencoder is part of what made the image
+        provenance["autoencoder_sha256"] = _file_digest(ckpt_dir / "vae" / "diffusion_pytorch_model.safetensors")
     size = context_images.shape[1]
     n_shards = math.ceil(len(plan) / cfg.shard_size)
     mine = list(range(rank, n_shards, world))
@@ -198,13 +201,22 @@ def generate(plan: pd.DataFrame, context_images: np.ndarray, context_masks: np.n
         write_csv(shard_csv, part)  # last: marks the shard done
         log.debug("generate: shard %d/%d (%d images, %.1f s)", k + 1, n_shards, len(part), time.time() - t0)
     bar.close()
-    parts = [shard_path(out_dir, k) for k in range(n_shards)]
-    if not all(p.is_file() for p in parts):
+    manifest = collect_shards(out_dir, n_shards)
+    if manifest is None:
         return pd.DataFrame()  # other processes still working
-    manifest = pd.concat([read_table(p) for p in parts], ignore_index=True) if parts else plan.assign(**provenance)
+    if not n_shards:
+        manifest = plan.assign(**provenance)
     if rank == 0:
         write_csv(out_dir / "manifest.csv", manifest)
     return manifest
+
+
+def collect_shards(out_dir: Path, n_shards: int) -> pd.DataFrame | None:
+    """The manifest from all ``n_shards`` shard tables, or None while any is missing."""
+    parts = [shard_path(Path(out_dir), k) for k in range(n_shards)]
+    if not all(p.is_file() for p in parts):
+        return None
+    return pd.concat([read_table(p) for p in parts], ignore_index=True) if parts else pd.DataFrame()
 
 
 def load_synthetic(out_dir: Path, manifest: pd.DataFrame) -> np.ndarray:

@@ -189,8 +189,9 @@ def markdown_to_html(markdown: str, image_dir: Path, title: str) -> str:
 GRID_PANELS = ("real", "mask", "synthetic eligible", "synthetic rejected")
 
 
-def image_grid(rows: list[tuple[str, list]], path: Path, per_row: int = 6) -> None:
-    """One figure row per class: its panels (lists of HxWx3 uint8 images) side by side as strips."""
+def image_grid(rows: list[tuple[str, list]], path: Path, per_row: int = 6, titles: tuple = GRID_PANELS) -> None:
+    """One figure row per class: its panels (lists of HxWx3 uint8 images) side by side as strips, titled
+    ``titles``."""
     import matplotlib.pyplot as plt
 
     first = next((im for _, panels in rows for imgs in panels for im in imgs), None)
@@ -202,12 +203,12 @@ def image_grid(rows: list[tuple[str, list]], path: Path, per_row: int = 6) -> No
         imgs = list(imgs)[:per_row] + [blank] * max(0, per_row - len(imgs))
         return np.concatenate(imgs, axis=1).repeat(factor, axis=0).repeat(factor, axis=1)
 
-    n_panels = max(len(panels) for _, panels in rows)
+    n_panels = max(len(p) for _, p in rows)
     width = 4.0  # inches per panel; a strip is per_row images wide and one tall, plus its title
     fig, axes = plt.subplots(len(rows), n_panels, figsize=(n_panels * width, len(rows) * (width / per_row + 0.3)),
                              squeeze=False)
     for axrow, (name, panels) in zip(axes, rows):
-        for ax, title, imgs in zip(axrow, GRID_PANELS, panels):
+        for ax, title, imgs in zip(axrow, titles, panels):
             ax.imshow(strip(imgs))
             ax.set_title(f"{name}: {title}", fontsize=7)
             ax.axis("off")
@@ -299,6 +300,14 @@ def write_report(run) -> Path:
                       "", "![OOD scores](ood_scores.png)", ""]
         sample_grid(run, selection, out / "samples.png")
         lines += ["![real vs synthetic samples](samples.png)", ""]
+    ae = paths.autoencoder / "metrics.json"
+    if ae.is_file():
+        m = read_json(ae)
+        lines += ["## Autoencoder (latent diffusion)", "",
+                  f"{'Pretrained, from `' + m['pretrained'] + '`' if m['pretrained'] else 'Trained on the training split'}"
+                  f"; reconstruction PSNR on the validation split {m['val_psnr_db']:.2f} dB (the ceiling of what "
+                  "latent generation can keep of an image).", "",
+                  "![real and reconstructed](../autoencoder/reconstructions.png)", ""]
     for ext in sorted((paths.results.parent / "external").glob("*/summary.json")):
         e = read_json(ext)
         lines += [f"## External evaluation: {e['name']}", "",

@@ -8,7 +8,8 @@ prepared data.
       data/dataset.json           classes, output (submission) classes, counts, cache file names
       cache/                      resized uint8 images and lesion masks
       classifier/<kind>/<method>/seed_<s>/   model, metrics, ISIC-format predictions
-      diffusion/checkpoint/       inpainting pipeline (unet, unet_ema, scheduler) + optimiser state
+      autoencoder/                latent diffusion only: vae/ (or the pretrained one's metrics), PSNR, reconstructions
+      diffusion/checkpoint/       inpainting pipeline (unet, unet_ema, scheduler[, vae]) + optimiser state
       synthetic/                  plan.csv, shards/, images/, masks/, manifest.csv (provenance)
       selection/                  selection.csv (OOD decisions, used), calibration.json
       results/                    results.csv (one row per model and seed), summary.json
@@ -76,6 +77,10 @@ class RunLayout:
 
     def classifier(self, kind: str, method: str, seed: int) -> Path:
         return self.classifiers / kind / method / f"seed_{seed}"
+
+    @property
+    def autoencoder(self) -> Path:
+        return self.root / "autoencoder"
 
     @property
     def diffusion(self) -> Path:
@@ -211,8 +216,10 @@ class Run:
             self.require("prepare")
             info = read_json(self.paths.dataset_info)
             self._data = PreparedData(read_table(self.paths.splits), info["classes"], info["output_classes"],
-                                      np.load(self.paths.cache / info["images_file"]),
-                                      np.load(self.paths.cache / info["masks_file"]), info.get("root", ""))
+                                      # memory-mapped: a split reads only its own rows
+                                      np.load(self.paths.cache / info["images_file"], mmap_mode="r"),
+                                      np.load(self.paths.cache / info["masks_file"], mmap_mode="r"),
+                                      info.get("root", ""))
         return self._data
 
     def forget_data(self) -> None:

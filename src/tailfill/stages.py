@@ -9,6 +9,7 @@ To add a stage: write ``def my_stage(run: Run) -> None`` ending in ``run.mark(..
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 import numpy as np
@@ -71,13 +72,50 @@ def train_baseline(run: Run) -> None:
     run.mark("train-baseline", t0)
 
 
+def train_autoencoder(run: Run) -> None:
+    """Latent diffusion only: train the autoencoder on the training split (or take diffusion.vae), then
+    measure its reconstruction PSNR on the validation split and keep a few reconstructions."""
+    from .autoencoder import decode, encode, load_vae, reconstruction_psnr, train_autoencoder as train
+    from .report import image_grid
+    from .training import to_model_range, to_uint8
+
+    t0 = time.time()
+    if run.cfg.diffusion.space != "latent":
+        run.mark("train-autoencoder", t0, skipped="pixel-space diffusion")
+        return
+    if run.cfg.diffusion.vae:
+        vae = load_vae(run.cfg.diffusion.vae, run.device)
+    else:
+        vae = train(run.data.split("train").images, run.cfg.autoencoder, run.paths.autoencoder, run.cfg.seed,
+                    run.device, resume=True, tracking=run.tracking)
+    if not process_info().is_main:
+        return
+    val = run.data.split("val").images
+    value = reconstruction_psnr(vae, val)
+    write_json(run.paths.autoencoder / "metrics.json", {"val_psnr_db": value, "pretrained": run.cfg.diffusion.vae,
+                                                        "scaling_factor": vae.config.scaling_factor})
+    x = to_model_range(val[:8]).to(vae.device)
+    image_grid([("validation", [val[:8], to_uint8(decode(vae, encode(vae, x)))])],
+               run.paths.autoencoder / "reconstructions.png", 8, titles=("real", "reconstructed"))
+    log.info("autoencoder: validation PSNR %.2f dB", value)
+    run.mark("train-autoencoder", t0, val_psnr_db=value)
+
+
+def _autoencoder(run: Run):
+    from .autoencoder import load_vae
+
+    if run.cfg.diffusion.space != "latent":
+        return None
+    return load_vae(run.cfg.diffusion.vae or run.paths.autoencoder / "vae", run.device)
+
+
 def train_diffusion(run: Run) -> None:
     from .diffusion import train_diffusion as train
 
     t0 = time.time()
     tr = run.data.split("train")
     train(tr.images, tr.labels, tr.masks, len(run.data.classes), run.cfg.diffusion, run.paths.diffusion,
-          run.cfg.seed, run.device, resume=True, tracking=run.tracking)
+          run.cfg.seed, run.device, resume=True, tracking=run.tracking, vae=_autoencoder(run))
     run.mark("train-diffusion", t0)
 
 
@@ -88,7 +126,7 @@ def deficits(run: Run) -> dict[int, int]:
 
 
 def generate(run: Run) -> None:
-    from .generate import generate as make, make_plan
+    from .generate import collect_shards, generate as make, make_plan
 
     t0 = time.time()
     proc = process_info()
@@ -102,8 +140,9 @@ def generate(run: Run) -> None:
          run.cfg.data.masks_dir, run.device, proc.rank, proc.world)
     proc.barrier()
     if proc.is_main:
-        if not run.paths.manifest.is_file():  # e.g. an empty plan
-            write_csv(run.paths.manifest, plan)
+        if not run.paths.manifest.is_file():  # the last shard was another process's, or the plan is empty
+            shards = collect_shards(run.paths.synthetic, math.ceil(len(plan) / run.cfg.generate.shard_size))
+            write_csv(run.paths.manifest, shards if shards is not None and len(shards) else plan)
         log_samples(run, read_table(run.paths.manifest))
         run.mark("generate", t0, images=len(plan))
 
@@ -238,7 +277,8 @@ def report(run: Run) -> None:
 
 
 # the stage registry, in pipeline order
-STAGES = {"prepare": prepare, "train-baseline": train_baseline, "train-diffusion": train_diffusion,
+STAGES = {"prepare": prepare, "train-baseline": train_baseline, "train-autoencoder": train_autoencoder,
+          "train-diffusion": train_diffusion,
           "generate": generate, "select": select, "train-augmented": train_augmented, "evaluate": evaluate,
           "report": report}
 # stages that only the main process runs under `accelerate launch`; the others share the work

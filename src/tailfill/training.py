@@ -30,14 +30,26 @@ class ProcessInfo:
         return self.rank == 0
 
 
+_STATE = []
+
+
+def process_state():
+    """This process's accelerate ``PartialState``, created once, with the right backend: under ``torchrun``
+    or ``accelerate launch`` on a machine without GPUs that is gloo over CPU (``PartialState()`` alone
+    would report a single process there, and every rank would believe it is rank 0)."""
+    if not _STATE:
+        from accelerate import PartialState
+
+        _STATE.append(PartialState(cpu=not torch.cuda.is_available()))
+    return _STATE[0]
+
+
 def process_info() -> ProcessInfo:
     """(rank, world, barrier) under a distributed launcher; (0, 1, no-op) in a plain process."""
     try:
-        from accelerate import PartialState
-
-        state = PartialState()
+        state = process_state()
         return ProcessInfo(state.process_index, state.num_processes, state.wait_for_everyone)
-    except Exception:  # accelerate missing or not initialisable: single process
+    except ImportError:  # accelerate missing: single process
         return ProcessInfo(0, 1, lambda: None)
 
 
@@ -70,12 +82,19 @@ def check_tracker(report_to: str | None) -> None:
         raise ValueError(f"--report-to {report_to} needs the {report_to} package: pip install {report_to}")
 
 
-def make_accelerator(mixed_precision: str, device: str, tracking: Tracking | None = None, name: str = "",
+def make_accelerator(mixed_precision: str | None, device: str, tracking: Tracking | None = None, name: str = "",
                      config: dict | None = None):
     """The ``Accelerator`` both trainers run under (DDP when launched with several processes), with the
-    tracker of ``tracking`` started as project ``name``; ``accelerator.log`` is a no-op without one."""
-    from accelerate import Accelerator
+    tracker of ``tracking`` started as project ``name``; ``accelerator.log`` is a no-op without one.
 
+    ``mixed_precision`` None takes the launcher's (``accelerate launch --mixed_precision``, else "no");
+    a value set in the config wins over the launcher."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    process_state()  # one process group for the whole run, created once
+    # each trainer may ask for its own precision: forget the previous trainer's (the process group stays)
+    AcceleratorState._reset_state()
     tracked = tracking is not None and tracking.report_to
     accelerator = Accelerator(mixed_precision=mixed_precision, cpu=(device == "cpu"),
                               log_with=tracking.report_to if tracked else None,
@@ -141,3 +160,29 @@ def log_images(tracking: Tracking | None, name: str, images: dict) -> None:
         else:
             tracker.log_images({k: list(v) for k, v in images.items()}, step=0)
     finish_tracking(accelerator)
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """A short hash of a model's parameters: equal on every rank when DDP kept them in sync."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in model.parameters():
+        h.update(p.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def digests_per_rank(model: torch.nn.Module) -> list[str]:
+    """``weights_digest`` of every process's copy, gathered (one element in a plain process)."""
+    from accelerate.utils import gather_object
+
+    digest = weights_digest(model)
+    return list(gather_object([digest])) if process_info().world > 1 else [digest]
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float, step: int) -> None:
+    """Exponential moving average of the weights, with a warm-up: min(decay, (1 + step) / (10 + step))."""
+    d = min(decay, (1 + step) / (10 + step))
+    for pe, p in zip(ema.parameters(), model.parameters()):
+        pe.lerp_(p.detach(), 1 - d)

@@ -24,19 +24,25 @@ def _holdout(labels, groups, fraction, seed, candidates):
     return out
 
 
+def _take_groups(members: np.ndarray, groups: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """About ``n`` of the ``members`` (a boolean mask), whole groups (lesions) at a time, in random order."""
+    out = np.zeros(len(members), dtype=bool)
+    taken = 0
+    for g in rng.permutation(np.unique(groups[members])):
+        if taken >= n:
+            break
+        idx = members & (groups == g)
+        out |= idx
+        taken += int(idx.sum())
+    return out
+
+
 def _holdout_per_class(labels, groups, per_class: int, seed, candidates):
     """About ``per_class`` images of every class from ``candidates``, whole groups at a time."""
     rng = np.random.default_rng(seed)
     out = np.zeros(len(labels), dtype=bool)
     for c in np.unique(labels):
-        members = candidates & (labels == c)
-        taken = 0
-        for g in rng.permutation(np.unique(groups[members])):
-            if taken >= per_class:
-                break
-            idx = members & (groups == g)
-            out |= idx
-            taken += int(idx.sum())
+        out |= _take_groups(candidates & (labels == c), groups, per_class, rng)
     return out
 
 
@@ -113,12 +119,5 @@ def long_tail_subsample(labels, split, imbalance_ratio: float, seed: int = 0, or
     ranked = list(order) if order is not None else sorted(classes, key=lambda c: -counts[c])
     keep = ~train
     for c, target in zip(ranked, geometric_counts(counts[ranked[0]], imbalance_ratio, len(ranked))):
-        members = train & (labels == c)
-        taken = 0
-        for g in rng.permutation(np.unique(groups[members])):
-            if taken >= target:
-                break
-            idx = members & (groups == g)
-            keep |= idx
-            taken += int(idx.sum())
+        keep |= _take_groups(train & (labels == c), groups, target, rng)
     return keep

@@ -1,0 +1,184 @@
+"""The autoencoder of latent diffusion (``diffusion.space: latent``): a ``diffusers.AutoencoderKL``.
+
+Either trained here on the training images (``tailfill train-autoencoder``: reconstruction MSE + a
+small KL term, EMA, atomic checkpoints, resume along the same path, like the diffusion trainer) or
+loaded from a local pretrained folder (``diffusion.vae: PATH``, e.g. a Stable Diffusion VAE already
+in your cache; nothing is downloaded). Its ``scaling_factor`` makes latents about unit variance.
+
+    vae = train_autoencoder(images_u8, cfg.autoencoder, out_dir)      # or load_vae(path)
+    z = encode(vae, x)          # (N, C, H/f, W/f), scaled
+    x = decode(vae, z)          # back to [-1, 1]
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL
+
+from .io import atomic_dir, load_state, recover_dir, save_state, write_json
+from .progress import progress
+from .training import check_finite, ema_update, finish_tracking, make_accelerator, to_model_range
+
+log = logging.getLogger(__name__)
+
+
+def build_autoencoder(image_size: int, block_out_channels=(32, 64, 64), latent_channels: int = 4,
+                      layers_per_block: int = 1) -> AutoencoderKL:
+    """A small KL autoencoder: ``2 ** (len(block_out_channels) - 1)`` times smaller latents."""
+    n = len(block_out_channels)
+    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * n,
+                         up_block_types=("UpDecoderBlock2D",) * n, block_out_channels=tuple(block_out_channels),
+                         latent_channels=latent_channels, layers_per_block=layers_per_block,
+                         norm_num_groups=min(32, min(block_out_channels) // 4), sample_size=image_size)
+
+
+def load_vae(path: str | Path, device: str = "cpu") -> AutoencoderKL:
+    """A local ``AutoencoderKL`` folder (safetensors); a diffusers pipeline folder's ``vae/`` is found too."""
+    path = Path(path)
+    if (path / "vae").is_dir():
+        path = path / "vae"
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"no AutoencoderKL at {path} (needs config.json and weights); diffusion.vae must "
+                                "point to a local folder, nothing is downloaded")
+    return AutoencoderKL.from_pretrained(path, use_safetensors=True).to(device).eval().requires_grad_(False)
+
+
+def downscale(vae: AutoencoderKL) -> int:
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+@torch.no_grad()
+def encode(vae: AutoencoderKL, x: torch.Tensor, generator: torch.Generator | None = None,
+           sample: bool = False) -> torch.Tensor:
+    """[-1, 1] images -> scaled latents (the posterior mode, or a sample)."""
+    dist = vae.encode(x.to(vae.device, vae.dtype)).latent_dist
+    z = dist.sample(generator) if sample else dist.mode()
+    return (z - (vae.config.shift_factor or 0.0)) * vae.config.scaling_factor
+
+
+@torch.no_grad()
+def decode(vae: AutoencoderKL, z: torch.Tensor) -> torch.Tensor:
+    """Scaled latents -> [-1, 1] images."""
+    z = z / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)
+    return vae.decode(z.to(vae.device, vae.dtype)).sample.clamp(-1, 1)
+
+
+def latent_mask(masks: torch.Tensor, factor: int) -> torch.Tensor:
+    """A pixel mask (B, 1, H, W) on the latent grid: a latent cell is masked if any of its pixels is."""
+    return F.max_pool2d(masks, factor) if factor > 1 else masks
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean PSNR (dB) of [-1, 1] images."""
+    mse = ((a.float() - b.float()) / 2).pow(2).flatten(1).mean(1).clamp(min=1e-10)
+    return float((10 * torch.log10(1.0 / mse)).mean())
+
+
+def reconstruction_psnr(vae: AutoencoderKL, images_u8: np.ndarray, batch_size: int = 64) -> float:
+    """PSNR of encode -> decode on held-out images (the ceiling of what latent generation can keep)."""
+    values = []
+    for i in range(0, len(images_u8), batch_size):
+        x = to_model_range(images_u8[i:i + batch_size]).to(vae.device)
+        values.append(psnr(decode(vae, encode(vae, x)), x) * len(x))
+    return float(np.sum(values) / max(1, len(images_u8)))
+
+
+class _Reconstruct(torch.nn.Module):
+    """encode -> sample (with the given noise) -> decode, as one forward: what DDP wraps."""
+
+    def __init__(self, vae: AutoencoderKL):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, x, noise):
+        posterior = self.vae.encode(x).latent_dist
+        return self.vae.decode(posterior.mean + posterior.std * noise).sample, posterior.kl()
+
+
+def train_autoencoder(images_u8: np.ndarray, cfg, out_dir: str | Path, seed: int = 0, device: str = "auto",
+                      resume: bool = True, tracking=None) -> AutoencoderKL:
+    """Train on ``images_u8`` (the training split); returns the EMA autoencoder with its scaling factor set.
+
+    ``cfg`` is an :class:`~tailfill.config.AutoencoderConfig`. Checkpoints to ``out_dir/checkpoint``
+    (``vae/``, ``vae_ema/``, ``state.pt``) every ``cfg.checkpoint_every`` steps; batches are seeded by
+    step, so a resumed run follows the same path.
+    """
+    out_dir = Path(out_dir)
+    ckpt = out_dir / "checkpoint"
+    accelerator = make_accelerator(cfg.mixed_precision, device, tracking, "autoencoder", vars(cfg))
+    torch.manual_seed(seed)
+    vae = build_autoencoder(images_u8.shape[1], cfg.block_out_channels, cfg.latent_channels, cfg.layers_per_block)
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
+    ema = copy.deepcopy(vae).requires_grad_(False)
+    step, history = 0, []
+    recover_dir(ckpt)
+    if resume and (ckpt / "state.pt").is_file():
+        vae = AutoencoderKL.from_pretrained(ckpt / "vae")
+        ema = AutoencoderKL.from_pretrained(ckpt / "vae_ema").requires_grad_(False)
+        opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
+        state = load_state(ckpt / "state.pt")
+        opt.load_state_dict(state["optimizer"])
+        step, history = int(state["step"]), list(state["history"])
+        log.info("autoencoder: resuming from step %d", step)
+    model, opt = accelerator.prepare(_Reconstruct(vae), opt)
+    ema.to(accelerator.device)
+
+    def save_checkpoint():
+        if accelerator.is_main_process:
+            with atomic_dir(ckpt) as tmp:
+                accelerator.unwrap_model(model).vae.save_pretrained(tmp / "vae")
+                ema.save_pretrained(tmp / "vae_ema")
+                save_state(tmp / "state.pt", {"optimizer": opt.state_dict() if not hasattr(opt, "optimizer")
+                                              else opt.optimizer.state_dict(), "step": step, "history": history})
+
+    bar = progress(cfg.train_steps, "autoencoder", "step", initial=step, disable=not accelerator.is_main_process)
+    running, t0 = [], time.time()
+    while step < cfg.train_steps:
+        rng = np.random.default_rng([seed, step, accelerator.process_index])
+        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        x = to_model_range(images_u8[rng.integers(len(images_u8), size=cfg.batch_size)])
+        k = int(rng.integers(4))
+        x = torch.rot90(x, k, (2, 3)).to(accelerator.device)
+        size = x.shape[-1] // 2 ** (len(cfg.block_out_channels) - 1)
+        noise = torch.randn((len(x), cfg.latent_channels, size, size), generator=gen).to(x.device)
+        with accelerator.autocast():
+            rec, kl = model(x, noise)
+        loss = F.mse_loss(rec.float(), x) + cfg.kl_weight * kl.float().mean()
+        check_finite(loss, f"autoencoder step {step}", f"the last good checkpoint ({ckpt}) is kept; lower "
+                     "autoencoder.lr")
+        opt.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        ema_update(ema, accelerator.unwrap_model(model).vae, cfg.ema_decay, step)
+        step += 1
+        running.append(loss.item())
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        accelerator.log({"autoencoder/loss": loss.item()}, step=step)
+        if step % cfg.log_every == 0 or step == cfg.train_steps:
+            history.append({"step": step, "loss": float(np.mean(running)), "seconds": time.time() - t0})
+            running, t0 = [], time.time()
+        if step % cfg.checkpoint_every == 0 or step == cfg.train_steps:
+            save_checkpoint()
+    bar.close()
+    finish_tracking(accelerator)
+    accelerator.wait_for_everyone()
+    ema.eval()
+    # latents of unit variance, as the diffusion model expects (Stable Diffusion's 0.18215 is the same idea)
+    sample = images_u8[np.random.default_rng(seed).permutation(len(images_u8))[:256]]
+    ema.register_to_config(scaling_factor=1.0)
+    z = encode(ema, to_model_range(sample).to(accelerator.device))
+    ema.register_to_config(scaling_factor=float(1.0 / z.std().clamp(min=1e-6)))
+    if accelerator.is_main_process:
+        ema.save_pretrained(out_dir / "vae")
+        write_json(out_dir / "train_info.json", {"steps": step, "history": history,
+                                                  "scaling_factor": ema.config.scaling_factor,
+                                                  "parameters": sum(p.numel() for p in ema.parameters())})
+    return ema.requires_grad_(False)
