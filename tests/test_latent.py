@@ -109,3 +109,49 @@ def test_latent_pipeline_end_to_end(tmp_path):
     manifest = pd.read_csv(run / "synthetic" / "manifest.csv")
     assert (manifest["space"] == "latent").all() and manifest["autoencoder_sha256"].notna().all()
     assert "## Autoencoder (latent diffusion)" in (run / "report" / "report.md").read_text()
+
+
+def tiny_sd_inpainting_folder(path):
+    """A random-weight Stable-Diffusion-style inpainting pipeline folder, saved as diffusers saves one."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    UNet2DConditionModel(sample_size=8, in_channels=9, out_channels=4, block_out_channels=(32, 64),
+                         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+                         layers_per_block=1, attention_head_dim=8, norm_num_groups=8).save_pretrained(path / "unet")
+    AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+                  up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=4,
+                  sample_size=16).save_pretrained(path / "vae")
+    DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).save_pretrained(path / "scheduler")
+    (path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionInpaintPipeline"}))
+    return path
+
+
+@pytest.mark.parametrize("finetune", ["full", "lora"])
+def test_pretrained_sd_inpainting_is_fine_tuned_with_class_tokens(tmp_path, finetune):
+    if finetune == "lora":
+        pytest.importorskip("peft")
+    base = tiny_sd_inpainting_folder(tmp_path / "sd")
+    images, labels, masks = blobs()
+    vae = load_vae(base)
+    cfg = DiffusionConfig(space="latent", pretrained=str(base), finetune=finetune, lora_rank=4, train_steps=4,
+                          batch_size=4, checkpoint_every=2, log_every=2, lr=1e-3)
+    ckpt = train_diffusion(images, labels, masks, 2, cfg, tmp_path / "d", device="cpu", vae=vae)
+    pipe = InpaintPipeline.from_pretrained(ckpt, scheduler="ddim")
+    assert pipe.unet.config.num_class_embeds == 3 and pipe.vae is not None
+    base_unet = json.loads((base / "unet" / "config.json").read_text())
+    assert pipe.scheduler.config["beta_schedule"] == "scaled_linear"  # the pretrained noise schedule is kept
+    x = torch.as_tensor(images[:2]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    m = torch.as_tensor(masks[:2])[:, None]
+    out = pipe(x, m, torch.tensor([0, 1]), guidance_scale=2.0, num_inference_steps=2,
+               noise=torch.randn(2, *pipe.noise_shape(x.shape[1:]), generator=torch.Generator().manual_seed(0)))
+    assert torch.equal(out[m.expand_as(x) == 0], x[m.expand_as(x) == 0])
+    trained = pipe.unet.class_tokens.detach()
+    assert not torch.allclose(trained[0], trained[1])
+    saved = list((ckpt / "unet_ema").iterdir())
+    if finetune == "lora":  # only what was learnt is written; the base stays where it is
+        assert not (ckpt / "unet_ema" / "unet").exists()
+        assert sum(f.stat().st_size for f in saved) < 0.5 * sum(
+            f.stat().st_size for f in (base / "unet").iterdir())
+    assert base_unet["in_channels"] == 9

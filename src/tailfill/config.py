@@ -59,6 +59,10 @@ class AutoencoderConfig:
 class DiffusionConfig:
     space: str = "pixel"               # pixel | latent (a UNet on an autoencoder's latents: more px per CPU-minute)
     vae: Optional[str] = None          # latent: a local pretrained AutoencoderKL folder; None: train one (autoencoder.*)
+    pretrained: Optional[str] = None   # latent: a local diffusers SD-style inpainting pipeline folder to fine-tune
+    finetune: str = "lora"             # pretrained: lora (needs peft) | full
+    lora_rank: int = 8
+    class_tokens: int = 4              # pretrained: learned cross-attention tokens per class (no text encoder)
     block_out_channels: list = field(default_factory=lambda: [32, 64, 64])
     layers_per_block: int = 1
     attention: bool = False            # self-attention in the lowest-resolution blocks
@@ -280,7 +284,10 @@ def validate(cfg: Config) -> None:
     for key, mp in (("diffusion", cfg.diffusion.mixed_precision), ("classifier", c.mixed_precision)):
         check(mp is None or mp in ("no", "fp16", "bf16"), f"{key}.mixed_precision is no, fp16, bf16 or null")
     one_of(cfg.diffusion.space, ("pixel", "latent"), "diffusion.space")
-    if cfg.diffusion.space == "latent" and not cfg.diffusion.vae:
+    check(not cfg.diffusion.pretrained or cfg.diffusion.space == "latent", "diffusion.pretrained needs "
+          "diffusion.space=latent")
+    one_of(cfg.diffusion.finetune, ("lora", "full"), "diffusion.finetune")
+    if cfg.diffusion.space == "latent" and not (cfg.diffusion.vae or cfg.diffusion.pretrained):
         factor = 2 ** (len(cfg.autoencoder.block_out_channels) - 1)
         check(d.image_size % (factor * 2 ** (len(cfg.diffusion.block_out_channels) - 1)) == 0,
               f"data.image_size must be divisible by the autoencoder's {factor}x and the UNet's downsampling")

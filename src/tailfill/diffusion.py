@@ -57,6 +57,15 @@ def build_unet(image_size: int, num_classes: int, block_out_channels=(32, 64, 64
     )
 
 
+def load_unet(path: str | Path):
+    """A saved UNet: tailfill's ``UNet2DModel``, or a fine-tuned pretrained one (see :mod:`tailfill.sd_inpaint`)."""
+    from .sd_inpaint import ClassConditionedUNet, is_class_conditioned
+
+    if is_class_conditioned(path):
+        return ClassConditionedUNet.from_pretrained(path)
+    return UNet2DModel.from_pretrained(path, use_safetensors=True)
+
+
 def null_label(unet: UNet2DModel) -> int:
     return unet.config.num_class_embeds - 1
 
@@ -118,7 +127,7 @@ class InpaintPipeline:
         if not (path / unet_subfolder).is_dir() or not (path / "scheduler").is_dir():
             raise FileNotFoundError(f"no inpainting pipeline at {path} (needs {unet_subfolder}/ and scheduler/); "
                                     "run `tailfill train-diffusion` first")
-        unet = UNet2DModel.from_pretrained(path / unet_subfolder, use_safetensors=True).to(device).eval()
+        unet = load_unet(path / unet_subfolder).to(device).eval()
         vae = None
         if (path / "vae").is_dir():
             from .autoencoder import load_vae
@@ -256,17 +265,28 @@ def train_diffusion(images_u8: np.ndarray, labels: np.ndarray, lesion_masks: np.
         vae = vae.to(accelerator.device).eval().requires_grad_(False)
         factor, channels = downscale(vae), vae.config.latent_channels
     torch.manual_seed(seed)  # same initial weights on every process and every run
-    unet = build_unet(size // factor, num_classes, cfg.block_out_channels, cfg.layers_per_block, cfg.attention,
-                      channels)
-    noise_sched = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule)
-    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
+    if cfg.pretrained:  # a pretrained SD-style inpainting UNet, fine-tuned with learned class tokens
+        from .sd_inpaint import ClassConditionedUNet
+
+        unet = ClassConditionedUNet.from_base(cfg.pretrained, num_classes, cfg.class_tokens, cfg.finetune,
+                                              cfg.lora_rank)
+        noise_sched = DDPMScheduler.from_config(DDPMScheduler.load_config(Path(cfg.pretrained) / "scheduler"))
+    else:
+        unet = build_unet(size // factor, num_classes, cfg.block_out_channels, cfg.layers_per_block, cfg.attention,
+                          channels)
+        noise_sched = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule)
+
+    def optimizer(model):  # only what is trained (LoRA and class tokens, when the base is frozen)
+        return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
+
+    opt = optimizer(unet)
     ema = copy.deepcopy(unet).requires_grad_(False)
     step, history = 0, []
     recover_dir(ckpt)
     if resume and (ckpt / "state.pt").is_file():
-        unet = UNet2DModel.from_pretrained(ckpt / "unet")
-        ema = UNet2DModel.from_pretrained(ckpt / "unet_ema").requires_grad_(False)
-        opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
+        unet = load_unet(ckpt / "unet")
+        ema = load_unet(ckpt / "unet_ema").requires_grad_(False)
+        opt = optimizer(unet)
         state = load_state(ckpt / "state.pt")
         opt.load_state_dict(state["optimizer"])
         step, history = int(state["step"]), list(state["history"])
@@ -279,7 +299,8 @@ def train_diffusion(images_u8: np.ndarray, labels: np.ndarray, lesion_masks: np.
     # batches are converted to float as they are drawn: a float copy of the whole set is 4x its uint8 size
     labels_t = torch.as_tensor(labels, dtype=torch.long)
     nparams = sum(p.numel() for p in unet.parameters())
-    log.info("diffusion: %.2fM parameters, %d images, %d steps of %d", nparams / 1e6, len(labels), cfg.train_steps,
+    log.info("diffusion: %.2fM parameters (%.2fM trained), %d images, %d steps of %d", nparams / 1e6,
+             sum(p.numel() for p in unet.parameters() if p.requires_grad) / 1e6, len(labels), cfg.train_steps,
              cfg.batch_size)
 
     def save_checkpoint():
@@ -308,7 +329,7 @@ def train_diffusion(images_u8: np.ndarray, labels: np.ndarray, lesion_masks: np.
         if vae is not None:  # the frozen autoencoder's latents: the target, the condition and the mask's grid
             x0, masked, m = encode(vae, x0), encode(vae, masked), latent_mask(m, factor)
         noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(0, cfg.num_train_timesteps, (len(y),), generator=gen)
+        t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(y),), generator=gen)
         y, noise, t = (a.to(accelerator.device) for a in (y, noise, t))
         noisy = noise_sched.add_noise(x0, noise, t)
         with accelerator.autocast():

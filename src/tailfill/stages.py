@@ -83,8 +83,8 @@ def train_autoencoder(run: Run) -> None:
     if run.cfg.diffusion.space != "latent":
         run.mark("train-autoencoder", t0, skipped="pixel-space diffusion")
         return
-    if run.cfg.diffusion.vae:
-        vae = load_vae(run.cfg.diffusion.vae, run.device)
+    if run.cfg.diffusion.vae or run.cfg.diffusion.pretrained:
+        vae = load_vae(run.cfg.diffusion.vae or run.cfg.diffusion.pretrained, run.device)
     else:
         vae = train(run.data.split("train").images, run.cfg.autoencoder, run.paths.autoencoder, run.cfg.seed,
                     run.device, resume=True, tracking=run.tracking)
@@ -92,7 +92,8 @@ def train_autoencoder(run: Run) -> None:
         return
     val = run.data.split("val").images
     value = reconstruction_psnr(vae, val)
-    write_json(run.paths.autoencoder / "metrics.json", {"val_psnr_db": value, "pretrained": run.cfg.diffusion.vae,
+    write_json(run.paths.autoencoder / "metrics.json", {"val_psnr_db": value,
+                                                        "pretrained": run.cfg.diffusion.vae or run.cfg.diffusion.pretrained,
                                                         "scaling_factor": vae.config.scaling_factor})
     x = to_model_range(val[:8]).to(vae.device)
     image_grid([("validation", [val[:8], to_uint8(decode(vae, encode(vae, x)))])],
@@ -106,7 +107,7 @@ def _autoencoder(run: Run):
 
     if run.cfg.diffusion.space != "latent":
         return None
-    return load_vae(run.cfg.diffusion.vae or run.paths.autoencoder / "vae", run.device)
+    return load_vae(run.cfg.diffusion.vae or run.cfg.diffusion.pretrained or run.paths.autoencoder / "vae", run.device)
 
 
 def train_diffusion(run: Run) -> None:
