@@ -44,6 +44,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from tailfill.autoencoder import load_vae, reconstruction_psnr, train_autoencoder
 from tailfill.classify import fit_and_score
 from tailfill.config import Config, config_from_dict, load_config
 from tailfill.data import prepare_dataset
@@ -113,7 +114,7 @@ class Bench:
     def __init__(self, cfg: Config, args, log):
         self.cfg, self.args, self.log = cfg, args, log
         self.records, self.times, self.models, self.probas = [], {}, {}, {}
-        self.generators, self.pools, self.diagnostics = {}, {}, []
+        self.generators, self.pools, self.diagnostics, self.psnr = {}, {}, [], {}
 
     def timed(self, stage: str, started: float) -> None:
         self.times[stage] = self.times.get(stage, 0) + time.time() - started
@@ -153,13 +154,32 @@ class Bench:
                  "whose classifier.augmented_method is best)")
         self.timed("baselines", t)
 
+    def autoencoder(self, cfg: Config):
+        """Latent diffusion's autoencoder: a local pretrained one, or trained once per setting (cached)."""
+        if cfg.diffusion.space != "latent":
+            return None
+        if cfg.diffusion.vae or cfg.diffusion.pretrained:
+            return load_vae(cfg.diffusion.vae or cfg.diffusion.pretrained)
+        key = key_of(cfg.autoencoder, cfg.data.image_size, self.cfg.data, cfg.seed)
+        t = time.time()
+        vae = train_autoencoder(self.train.images, cfg.autoencoder, self.args.work / f"autoencoder_{key}", cfg.seed,
+                                "cpu")
+        self.timed("autoencoder", t)
+        if key not in self.psnr:
+            self.psnr[key] = reconstruction_psnr(vae, self.val[0])
+            self.log(f"\nautoencoder {cfg.autoencoder.block_out_channels}, {cfg.autoencoder.train_steps} steps: "
+                     f"validation reconstruction PSNR {self.psnr[key]:.2f} dB")
+        return vae
+
     def generator(self, cfg: Config) -> Path:
-        key = key_of(cfg.diffusion, cfg.data.image_size, self.cfg.data, cfg.seed)
+        key = key_of(cfg.diffusion, cfg.autoencoder if cfg.diffusion.space == "latent" else None,
+                     cfg.data.image_size, self.cfg.data, cfg.seed)
         if key not in self.generators:
+            vae = self.autoencoder(cfg)
             t = time.time()
             self.generators[key] = train_diffusion(self.train.images, self.train.labels, self.train.masks,
                                                    len(self.data.classes), cfg.diffusion,
-                                                   self.args.work / f"generator_{key}", cfg.seed, "cpu")
+                                                   self.args.work / f"generator_{key}", cfg.seed, "cpu", vae=vae)
             self.timed("diffusion", t)
         return self.generators[key]
 

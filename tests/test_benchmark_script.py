@@ -27,13 +27,15 @@ def test_benchmark_writes_its_tables_and_grid(tmp_path):
            "synth_share:select.method=none,classifier.synthetic_share=0.5",
            "real_crt:classifier.retrain_head=true,classifier.head_epochs=1",
            "synth_translate:generate.strength=0.5,classifier.soft_labels=true,select.method=none",
+           "synth_latent:diffusion.space=latent,autoencoder.block_out_channels=[8, 16],autoencoder.train_steps=2,"
+           "select.method=none",
            "--work", str(tmp_path / "work"), "--out", str(out)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     text = out.read_text()
     for variant in ("| ce |", "| real_oversample |", "| synth_threshold |", "| synth_keep0.5 |", "| synth_none |",
                     "| synth_same |", "| synth_half |", "| synth_share |", "| real_crt |",
-                    "| synth_translate |"):
+                    "| synth_translate |", "| synth_latent |"):
         assert variant in text, variant
     assert "realism AUROC" in text and "fidelity" in text and "peak memory" in text
     assert (out.parent / "benchmarks" / "grid_16px.png").stat().st_size > 1000
@@ -44,9 +46,11 @@ def test_benchmark_writes_its_tables_and_grid(tmp_path):
     assert n_syn["synth_keep0.5"] <= n_syn["synth_threshold"] <= n_syn["synth_none"]  # the product's filters stack
     assert n_syn["synth_share"] == n_syn["synth_none"]  # the share changes how often they are drawn, not which
     assert n_syn["real_crt"] == 0 and n_syn["real_oversample"] == n_syn["synth_none"]
-    # one generator, three pools (same-class SDEdit and translation differ), reused by later variants
-    assert len(list((tmp_path / "work").glob("generator_*"))) == 1
-    assert len(list((tmp_path / "work").glob("pool_*.npz"))) == 3
+    # a pixel generator with three pools (same-class SDEdit and translation differ), reused by later variants,
+    # and a latent one
+    assert len(list((tmp_path / "work").glob("generator_*"))) == 2  # pixel and latent
+    assert len(list((tmp_path / "work").glob("pool_*.npz"))) == 4
+    assert "validation reconstruction PSNR" in text
     # the hand-written findings go on top when the doc is rebuilt from the saved sections
     (out.parent / "benchmarks" / "findings.md").write_text("## Findings\n\nhand-written\n")
     out.unlink()
