@@ -277,6 +277,36 @@ def summarise(frame: pd.DataFrame, classes: list, tail: list, y_true, probas: di
     return pd.DataFrame(out)
 
 
+def write_outputs(bench: Bench, args, lines: list, t0: float, done: int, total: int) -> None:
+    """The section (the log so far + tables of everything measured) and this tag's rows of results.csv."""
+    results = results_table(bench.records)
+    classes, tag = bench.data.classes, bench.tag
+    body = [] if done == total else [f"\n**Partial: {done} of {total} variants finished so far.**"]
+    if bench.diagnostics:
+        body.append("\nsynthetic pools (class fidelity: share the feature classifier calls their own class, synthetic "
+                    "(real held-out); realism AUROC: real held-out vs synthetic by OOD score, 0.5 = indistinguishable; "
+                    "then the selection funnel):\n\n" + to_markdown(pd.DataFrame(bench.diagnostics)))
+    by_test = results[results["kind"] == "baseline"].groupby("method")["balanced_accuracy"].mean().idxmax()
+    body.append(f"\nbest baseline by test (for reference only): `{by_test}`")
+    body.append("\n" + to_markdown(summarise(results, classes, bench.tail, bench.test[1], bench.probas)))
+    body.append((f"\n![samples {tag}](benchmarks/grid_{tag}.png)\n" if bench.diagnostics else "")
+                + "\nwall time per stage (s): " + ", ".join(f"{k} {v:.0f}" for k, v in bench.times.items())
+                + f"; total {time.time() - t0:.0f} s; peak memory {peak_rss_gb():.1f} GB")
+    if done == total:
+        print("\n".join(body), flush=True)
+    frame = pd.DataFrame({"size": bench.cfg.data.image_size, "imbalance": bench.cfg.data.imbalance_ratio, "tag": tag,
+                          "variant": results["variant"], "method": results["method"], "seed": results["seed"],
+                          "synthetic": results["synthetic_images"], "val_bacc": results["val_balanced_accuracy"],
+                          "bacc": results["balanced_accuracy"], **{f"R_{c}": results[f"recall_{c}"] for c in classes},
+                          "seconds": results["train_seconds"]})
+    path = args.plots / "results.csv"
+    old = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=frame.columns)
+    if "tag" not in old.columns:
+        old["tag"] = old["size"].astype(str) + "px"
+    write_csv(path, pd.concat([old[old["tag"] != tag], frame], ignore_index=True))
+    write_text(args.plots / f"section_{tag}.md", "\n".join(lines + body) + "\n")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", type=Path, default=ROOT / "benchmarks" / "isic2019-mini.yaml")
@@ -326,32 +356,10 @@ def main():
             f"seeds {c.seeds}. Variants: " + ", ".join(f"`{v}`" for v in variants) + ".")
         bench.prepare()
         bench.baselines()
-        for spec in variants:
+        write_outputs(bench, args, lines, t0, 0, len(variants))
+        for i, spec in enumerate(variants):
             bench.variant(spec)
-        results = results_table(bench.records)
-        classes = bench.data.classes
-        if bench.diagnostics:
-            log("\nsynthetic pools (class fidelity: share the feature classifier calls their own class, synthetic "
-                "(real held-out); realism AUROC: real held-out vs synthetic by OOD score, 0.5 = indistinguishable; "
-                "then the selection funnel):\n\n" + to_markdown(pd.DataFrame(bench.diagnostics)))
-        by_test = results[results["kind"] == "baseline"].groupby("method")["balanced_accuracy"].mean().idxmax()
-        log(f"\nbest baseline by test (for reference only): `{by_test}`")
-        log("\n" + to_markdown(summarise(results, classes, bench.tail, bench.test[1], bench.probas)))
-        log((f"\n![samples {bench.tag}](benchmarks/grid_{bench.tag}.png)\n" if bench.diagnostics else "")
-            + "\nwall time per stage (s): " + ", ".join(f"{k} {v:.0f}" for k, v in bench.times.items())
-            + f"; total {time.time() - t0:.0f} s; peak memory {peak_rss_gb():.1f} GB")
-        frame = pd.DataFrame({"size": size, "imbalance": cfg.data.imbalance_ratio, "tag": bench.tag,
-                              "variant": results["variant"], "method": results["method"], "seed": results["seed"],
-                              "synthetic": results["synthetic_images"], "val_bacc": results["val_balanced_accuracy"],
-                              "bacc": results["balanced_accuracy"],
-                              **{f"R_{c}": results[f"recall_{c}"] for c in classes},
-                              "seconds": results["train_seconds"]})
-        path = args.plots / "results.csv"
-        old = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=frame.columns)
-        if "tag" not in old.columns:
-            old["tag"] = old["size"].astype(str) + "px"
-        write_csv(path, pd.concat([old[old["tag"] != bench.tag], frame], ignore_index=True))
-        write_text(args.plots / f"section_{bench.tag}.md", "\n".join(lines) + "\n")
+            write_outputs(bench, args, lines, t0, i + 1, len(variants))  # a killed run keeps what it measured
     # docs/benchmarks.md = the hand-written findings + every saved section
     parts = [p.read_text() for p in [args.plots / "findings.md"] if p.is_file()]
     parts += [p.read_text() for p in sorted(args.plots.glob("section_*.md"))]

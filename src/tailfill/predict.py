@@ -106,6 +106,7 @@ def predict_files(run: Run, frame: pd.DataFrame, out: str | Path, model: str = "
                   ensemble: bool = False, seed: int | None = None) -> pd.DataFrame:
     """Predict every image of ``frame`` (image, path) and write the ISIC submission file ``out`` (all the
     official columns, UNK included, as the ISIC 2019 test set is scored)."""
+    model_dirs(run, model)  # an unknown model fails before any image is decoded
     frame, images = load_images(run, frame, "predict")
     name, proba = predict_proba(run, images, model, ensemble, seed)
     data = run.data
