@@ -23,7 +23,7 @@ from diffusers import AutoencoderKL
 
 from .io import atomic_dir, load_state, recover_dir, save_state, write_json
 from .progress import progress
-from .training import check_finite, ema_update, finish_tracking, make_accelerator, to_model_range
+from .training import check_finite, ema_update, finish_tracking, make_accelerator, optimizer_step, to_model_range
 
 log = logging.getLogger(__name__)
 
@@ -152,10 +152,7 @@ def train_autoencoder(images_u8: np.ndarray, cfg, out_dir: str | Path, seed: int
         loss = F.mse_loss(rec.float(), x) + cfg.kl_weight * kl.float().mean()
         check_finite(loss, f"autoencoder step {step}", f"the last good checkpoint ({ckpt}) is kept; lower "
                      "autoencoder.lr")
-        opt.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        optimizer_step(accelerator, opt, model, loss)
         ema_update(ema, accelerator.unwrap_model(model).vae, cfg.ema_decay, step)
         step += 1
         running.append(loss.item())

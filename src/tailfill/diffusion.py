@@ -27,7 +27,7 @@ from .io import atomic_dir, load_state, recover_dir, save_state, write_json
 from .masks import random_shape_mask
 from .progress import progress
 from .training import (TrainingDivergedError, check_finite, class_power_probabilities, digests_per_rank,
-                       ema_update, finish_tracking, make_accelerator, to_model_range)
+                       ema_update, finish_tracking, make_accelerator, optimizer_step, to_model_range)
 
 log = logging.getLogger(__name__)
 
@@ -339,10 +339,7 @@ def train_diffusion(images_u8: np.ndarray, labels: np.ndarray, lesion_masks: np.
         check_finite(loss, f"diffusion step {step}",
                      f"the last good checkpoint ({ckpt}) is kept. Lower diffusion.lr or use fp32 "
                      "(diffusion.mixed_precision=no).")
-        opt.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
+        optimizer_step(accelerator, opt, unet, loss)
         ema_update(ema, accelerator.unwrap_model(unet), cfg.ema_decay, step)
         step += 1
         running.append(loss.item())

@@ -186,3 +186,11 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float, step:
     d = min(decay, (1 + step) / (10 + step))
     for pe, p in zip(ema.parameters(), model.parameters()):
         pe.lerp_(p.detach(), 1 - d)
+
+
+def optimizer_step(accelerator, opt, model: torch.nn.Module, loss: torch.Tensor, max_grad_norm: float = 1.0) -> None:
+    """Backward (synchronised across processes), gradient clipping and one optimiser step."""
+    opt.zero_grad(set_to_none=True)
+    accelerator.backward(loss)
+    accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    opt.step()
