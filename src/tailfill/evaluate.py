@@ -56,9 +56,10 @@ def bootstrap_ci(y_true: np.ndarray, probas, n_boot: int = 1000, seed: int = 0, 
     one per seed. Each replicate draws the images and the seeds with replacement and averages the metric
     over the drawn seeds; the interval is the percentile interval, inside the metric's range [0, 1]."""
     y_true = np.asarray(y_true)
-    preds = [np.asarray(p).argmax(axis=1) for p in (probas if isinstance(probas, (list, tuple)) else [probas])]
+    probas = [np.asarray(p) for p in (probas if isinstance(probas, (list, tuple)) else [probas])]
+    preds = [p.argmax(axis=1) for p in probas]
     rng = np.random.default_rng(seed)
-    k = max(int(y_true.max()) + 1, max(p.shape[1] for p in (probas if isinstance(probas, (list, tuple)) else [probas])))
+    k = max(int(y_true.max()) + 1, max(p.shape[1] for p in probas))
     by_class = [np.flatnonzero(y_true == c) for c in np.unique(y_true)]
     values = np.empty(n_boot)
     for b in range(n_boot):
