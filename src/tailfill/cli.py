@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args) -> int:
     from .run import Run, RunLayout
     from .stages import STAGES, run_all, run_stage
-    from .training import process_info, resolve_device
+    from .training import configure_threads, process_info, resolve_device
 
     if args.command == "demo-data":
         from .data import make_demo_dataset
@@ -155,6 +155,7 @@ def _dispatch(args) -> int:
         print(load_config(args.config, args.set).to_yaml(), end="")
         return 0
 
+    configure_threads(lambda line: print(line, file=sys.stderr))  # a busy machine: fewer threads, not spinning ones
     if args.command == "run":
         cfg = _load(args)
         if args.device:

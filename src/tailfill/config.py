@@ -94,7 +94,7 @@ class GenerateConfig:
     mask_source: str = "auto"          # auto (segment the context's lesion) | user | random
     context_classes: Union[str, list] = "all"  # skin context from: "all" training images, the "same" class, or names
     mask_dilation: int = 2             # grow lesion masks (pixels) so the old lesion's rim is replaced too
-    batch_size: int = 64
+    batch_size: int = 16               # 16 on a CPU: 1.4x the rate of 64 at 64 px (docs/performance.md); more on a GPU
     shard_size: int = 64               # images per shard; finished shards are skipped on resume
     seed: int = 1234
     use_ema: bool = True
@@ -110,12 +110,17 @@ class SelectConfig:
     near_duplicate_similarity: Union[str, float] = "auto"  # centred cosine similarity to a training image above
     # which a sample is a copy; "auto": the 99th percentile of held-out real images' similarity
     feature_method: Optional[str] = None  # which baseline's classifier gives the features (default: best on val)
+    features: str = "classifier"       # OOD features: classifier (the baseline's) | lite0 (frozen ImageNet, tailfill[lite0])
+    judge: Optional[str] = None        # fidelity judge independent of the classifier: lite0 | classifier | None
+    judge_size: int = 224              # lite0 features (OOD and judge) at this many px
+    judge_reject_confidence: float = 0.5  # judge: drop an image another class claims with at least this probability
+    judge_max_confidence: Optional[float] = None  # judge: drop images of their class above this probability (too easy)
 
 
 @dataclass
 class ClassifierConfig:
-    backbone: str = "resnet18"         # any timm model name, or a tailfill_* small model
-    pretrained: bool = False           # True only when timm weights are available locally
+    backbone: str = "resnet18"         # any timm model name (lite0 = tf_efficientnet_lite0)
+    pretrained: bool = False           # timm weights in the local cache, or lite0's from tailfill[lite0]
     epochs: int = 20
     batch_size: int = 64
     lr: float = 2e-3
@@ -272,6 +277,12 @@ def validate(cfg: Config) -> None:
     check(0 < s.keep_fraction <= 1, "select.keep_fraction in (0, 1]")
     check(0 < s.real_quantile <= 1, "select.real_quantile in (0, 1]")
     check(0 <= s.fill_fraction, "select.fill_fraction >= 0")
+    one_of(s.features, ["classifier", "lite0"], "select.features")
+    if s.judge is not None:
+        one_of(s.judge, ["classifier", "lite0"], "select.judge")
+    check(0 < s.judge_reject_confidence <= 1, "select.judge_reject_confidence in (0, 1]")
+    check(s.judge_max_confidence is None or 0 < s.judge_max_confidence <= 1, "select.judge_max_confidence in (0, 1]")
+    check(s.judge_size >= 32, "select.judge_size >= 32")
     nd = s.near_duplicate_similarity
     check(nd == "auto" or (isinstance(nd, (int, float)) and -1 <= nd <= 1),
           "select.near_duplicate_similarity is auto or a cosine similarity in [-1, 1]")

@@ -137,7 +137,7 @@ class InpaintPipeline:
         sched = make_scheduler(scheduler, config, vae is not None) if scheduler else DDPMScheduler.from_config(config)
         return cls(unet, sched, vae)
 
-    @torch.no_grad()
+    @torch.inference_mode()  # generation never needs autograd: skip its bookkeeping
     def __call__(self, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor, *,
                  guidance_scale: float = 2.0, num_inference_steps: int = 20, strength: float = 1.0,
                  noise: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:

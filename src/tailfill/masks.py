@@ -68,8 +68,10 @@ def segment_lesion(image: np.ndarray, dilation: int = 0) -> np.ndarray:
 
 def segment_batch(images: np.ndarray, dilation: int = 0) -> np.ndarray:
     """``segment_lesion`` over an (N, H, W, 3) array; returns (N, H, W) float32."""
-    return np.stack([segment_lesion(im, dilation) for im in images]) if len(images) else \
-        np.zeros(images.shape[:3], np.float32)
+    out = np.zeros(images.shape[:3], np.float32)  # filled in place: no list of masks plus a stacked copy
+    for i in range(len(images)):
+        out[i] = segment_lesion(images[i], dilation)
+    return out
 
 
 def random_shape_mask(size: int, rng: np.random.Generator) -> np.ndarray:

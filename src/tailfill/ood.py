@@ -16,7 +16,10 @@ Higher scores mean *less* like the class. Three filters, each a column of the de
   excluded) exceeds ``near_duplicate_similarity`` -- by default ("auto") the 99th percentile of the
   same similarity for held-out real images.
 
-An image passing all three is ``eligible``; :func:`choose_for_deficits` then marks which eligible
+With ``select.judge``, a :class:`FidelityJudge` (a model independent of the classifier being trained,
+by default frozen ImageNet EfficientNet-Lite0 features) adds ``judge_ok``: an image another class
+claims confidently is not eligible either. ``select.features: lite0`` scores OOD on those frozen
+features too. An image passing every filter is ``eligible``; :func:`choose_for_deficits` then marks which eligible
 images are ``used`` in training (the best-scoring ones, up to each class's deficit).
 :func:`select_synthetic` is the whole step as the pipeline and the benchmark run it.
 """
@@ -156,6 +159,49 @@ class OODSelector:
                              "near_copy": near_copy, "eligible": reason == "eligible", "reason": reason})
 
 
+class FidelityJudge:
+    """Does a synthetic image show its class, in the eyes of a model other than the one being trained?
+
+    ALIA-style two-sided confidence filter (Dunlap et al. 2023) on frozen features: a class-balanced
+    logistic regression ``fit`` on real training features; ``decide`` drops an image that another class
+    claims with probability >= ``reject_confidence`` (it shows the wrong lesion), and, with
+    ``max_confidence``, one its own class claims above that (so easy it adds nothing new).
+    """
+
+    def __init__(self, reject_confidence: float = 0.5, max_confidence: float | None = None, C: float = 0.5):
+        self.reject_confidence, self.max_confidence, self.C = reject_confidence, max_confidence, C
+
+    def fit(self, feats: np.ndarray, labels: np.ndarray) -> "FidelityJudge":
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        self.model_ = make_pipeline(StandardScaler(), LogisticRegression(C=self.C, class_weight="balanced",
+                                                                         max_iter=2000))
+        self.model_.fit(feats, labels)
+        self.classes_ = self.model_.classes_
+        return self
+
+    def predict_proba(self, feats: np.ndarray) -> np.ndarray:
+        return self.model_.predict_proba(feats)
+
+    def decide(self, feats: np.ndarray, labels: np.ndarray) -> pd.DataFrame:
+        """``judge_proba`` (its own class's probability), ``judge_class``, ``judge_ok``, ``judge_reason``."""
+        labels = np.asarray(labels)
+        proba = self.predict_proba(feats)
+        col = {int(c): i for i, c in enumerate(self.classes_)}
+        own = np.array([proba[i, col[int(c)]] if int(c) in col else 0.0 for i, c in enumerate(labels)])
+        other = proba.copy()
+        for i, c in enumerate(labels):
+            if int(c) in col:
+                other[i, col[int(c)]] = -1.0
+        wrong = other.max(axis=1) >= self.reject_confidence
+        easy = own > self.max_confidence if self.max_confidence is not None else np.zeros(len(labels), bool)
+        return pd.DataFrame({"judge_proba": own, "judge_class": self.classes_[proba.argmax(axis=1)],
+                             "judge_ok": ~wrong & ~easy,
+                             "judge_reason": np.where(wrong, "judged_other_class", np.where(easy, "too_easy", "ok"))})
+
+
 def realism_auroc(real_scores: np.ndarray, synthetic_scores: np.ndarray) -> float:
     """AUROC of telling synthetic from held-out real by OOD score: 0.5 = indistinguishable."""
     if len(real_scores) == 0 or len(synthetic_scores) == 0:
@@ -183,10 +229,19 @@ def select_synthetic(feature_model, train: tuple, val: tuple, synthetic: np.ndar
 
     ``feature_model`` maps uint8 images to features (``.features``); ``train`` and ``val`` are real
     ``(images, labels)``; ``cfg`` is a SelectConfig. ``decisions`` has one row per synthetic image:
-    the filter columns of :meth:`OODSelector.decide` plus ``used``. ``calibration`` holds the per-class
+    the filter columns of :meth:`OODSelector.decide` (and :meth:`FidelityJudge.decide` with a judge) plus
+    ``used``. ``calibration`` holds the per-class
     thresholds, held-out real scores and realism AUROC by class name (empty for ``method: none``).
     """
     labels = np.asarray(synthetic_labels)
+    (tr_x, tr_y), (va_x, va_y) = train, val
+    lite0 = None
+    if cfg.features == "lite0" or cfg.judge == "lite0":
+        from .pretrained import PretrainedFeatures
+
+        lite0 = _CachedFeatures(PretrainedFeatures("lite0", cfg.judge_size))
+    if cfg.features == "lite0":  # OOD scores on frozen ImageNet features, not the trained classifier's
+        feature_model = lite0
     if cfg.method == "none":
         n = len(labels)
         table = pd.DataFrame({"score": np.zeros(n), "threshold": np.inf, "train_similarity": np.nan,
@@ -196,7 +251,6 @@ def select_synthetic(feature_model, train: tuple, val: tuple, synthetic: np.ndar
     else:
         selector = OODSelector(build_scorer(cfg.method, cfg), cfg.real_quantile, cfg.keep_fraction,
                                cfg.near_duplicate_similarity)
-        (tr_x, tr_y), (va_x, va_y) = train, val
         va_f = feature_model.features(va_x)
         selector.fit(feature_model.features(tr_x), tr_y).calibrate(va_f, va_y)
         table = selector.decide(feature_model.features(synthetic), labels, source_index=source_index)
@@ -206,5 +260,30 @@ def select_synthetic(feature_model, train: tuple, val: tuple, synthetic: np.ndar
             "val_scores": {classes[c]: s.tolist() for c, s in selector.calibration_scores_.items()},
             "realism_auroc": {classes[c]: realism_auroc(val_scores[va_y == c], table["score"].to_numpy()[labels == c])
                               for c in np.unique(labels)}}
+    if cfg.judge is not None:  # drop what an independent model says is another class (or too easy)
+        judge_model = lite0 if cfg.judge == "lite0" else feature_model
+        judge = FidelityJudge(cfg.judge_reject_confidence, cfg.judge_max_confidence)
+        judge.fit(judge_model.features(tr_x), tr_y)
+        verdict = judge.decide(judge_model.features(synthetic), labels)
+        for col in verdict.columns:
+            table[col] = verdict[col].to_numpy()
+        rejected = table["eligible"].to_numpy() & ~table["judge_ok"].to_numpy()
+        table.loc[rejected, "reason"] = table.loc[rejected, "judge_reason"]
+        table["eligible"] = table["eligible"].to_numpy() & table["judge_ok"].to_numpy()
+        val_verdict = judge.predict_proba(judge_model.features(va_x)).argmax(axis=1)
+        calibration["judge_val_balanced_accuracy"] = float(np.mean(
+            [np.mean(judge.classes_[val_verdict[va_y == c]] == c) for c in np.unique(va_y)]))
     table["used"] = choose_for_deficits(table, labels, deficits, cfg.fill_fraction)
     return table, calibration
+
+
+class _CachedFeatures:
+    """An extractor's ``.features``, computed once per image array (the same sets are asked for twice)."""
+
+    def __init__(self, extractor):
+        self.extractor, self.cache = extractor, {}
+
+    def features(self, images):
+        if id(images) not in self.cache:  # the array is kept with its features, so its id stays its own
+            self.cache[id(images)] = (images, self.extractor.features(images))
+        return self.cache[id(images)][1]

@@ -200,7 +200,7 @@ class Run:
         key = f"{len(data.frame)}_{self.cfg.data.image_size}px"
         images_file, masks_file = f"prepared_images_{key}.npy", f"prepared_masks_{key}.npy"
         save_npy(self.paths.cache / images_file, data.images)
-        save_npy(self.paths.cache / masks_file, data.masks.astype(np.float32))
+        save_npy(self.paths.cache / masks_file, data.masks.astype(np.float32, copy=False))
         write_csv(self.paths.splits, data.frame)
         counts = data.counts()
         write_json(self.paths.dataset_info, {

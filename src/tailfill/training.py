@@ -6,6 +6,7 @@ epoch-based with model selection on validation); only these small rules are comm
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -31,6 +32,41 @@ class ProcessInfo:
 
 
 _STATE = []
+
+
+def busy_cores(seconds: float = 0.5) -> float:
+    """How many cores other programs keep busy right now (from /proc/stat over ``seconds``; 0 elsewhere)."""
+    import time
+
+    def sample():
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        return sum(values), values[3] + values[4]  # total, idle + iowait
+
+    try:
+        (t0, i0), _, (t1, i1) = sample(), time.sleep(seconds), sample()
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    cores = os.cpu_count() or 1
+    return cores * (1 - (i1 - i0) / max(1, t1 - t0))
+
+
+def configure_threads(report=None) -> int:
+    """Torch intra-op threads for this process: the cores other programs do not keep busy at the start,
+    shared among this launch's processes on this machine. Oversubscribed OpenMP threads spin while they
+    wait: on 2 cores, two jobs with 2 threads each trained 4.4x slower *each* than one alone, with 1
+    thread each only 1.07x (docs/performance.md). ``OMP_NUM_THREADS`` (which torchrun sets) wins."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    free = max(1, int(cores - busy_cores() + 0.5))
+    n = max(1, min(cores, free) // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    if n != torch.get_num_threads():
+        torch.set_num_threads(n)
+        if report is not None and n < cores:
+            report(f"tailfill: {cores - free} of {cores} cores are busy: using {n} torch thread(s) "
+                   "(set OMP_NUM_THREADS to choose)")
+    return n
 
 
 def process_state():

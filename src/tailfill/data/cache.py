@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import read_json, save_npy, write_json
+from ..io import atomic_path, read_json, write_json
 from .images import ImageError, read_image
 
 log = logging.getLogger(__name__)
@@ -42,23 +42,27 @@ def build_cache(paths: list[Path], size: int, cache_dir: str | Path, workers: in
             return np.asarray(images), np.asarray(meta["ok"], dtype=bool)
         log.warning("cache %s has the wrong shape; rebuilding", arr_path)
 
-    images = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
     ok = np.ones(len(paths), dtype=bool)
     errors = []
+    # decoded straight into the cache file (memory-mapped), not into RAM: the dataset never has to fit in memory
+    with atomic_path(arr_path) as tmp:
+        images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
 
-    def load(i):
-        try:
-            images[i] = read_image(paths[i], size)
-        except ImageError as e:
-            if on_bad_image != "skip":
-                raise
-            ok[i] = False
-            errors.append(str(e))
+        def load(i):
+            try:
+                images[i] = read_image(paths[i], size)
+            except ImageError as e:
+                if on_bad_image != "skip":
+                    raise
+                ok[i] = False
+                errors.append(str(e))
 
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        list(pool.map(load, range(len(paths))))
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            list(pool.map(load, range(len(paths))))
+        images.flush()
+        del images
     for e in errors:
         log.warning("skipping: %s", e)
-    save_npy(arr_path, images)
     write_json(meta_path, {"size": size, "n": len(paths), "ok": ok.tolist(), "errors": errors})
+    images = np.load(arr_path, mmap_mode="r")
     return images, ok

@@ -147,7 +147,8 @@ def prepare_dataset(d, work_dir: str | Path, seed: int = 0) -> PreparedData:
         frame = frame[keep].reset_index(drop=True)
     images, ok = build_cache([dataset.root / p for p in frame["path"]], d.image_size,
                              Path(d.cache_dir) if d.cache_dir else work_dir / "cache", d.workers, d.on_bad_image)
-    frame, images = frame[ok].reset_index(drop=True), images[ok]
+    if not ok.all():  # (indexing copies: only when some images were skipped)
+        frame, images = frame[ok].reset_index(drop=True), images[ok]
     labels, groups = frame["label"].to_numpy(), frame["lesion_id"].to_numpy()
     if d.split_file:
         split = apply_split_table(frame, read_split_file(d.split_file), dataset.classes, d.split_file)
@@ -168,4 +169,4 @@ def prepare_dataset(d, work_dir: str | Path, seed: int = 0) -> PreparedData:
     frame["class"] = [dataset.classes[i] for i in labels]
     frame["split"] = split
     return PreparedData(frame, list(dataset.classes), list(dataset.output_classes), images,
-                        masks.astype(np.float32), str(dataset.root))
+                        masks.astype(np.float32, copy=False), str(dataset.root))

