@@ -90,7 +90,7 @@ class Classifier(nn.Module):
         if packaged:
             cfg["mean"], cfg["std"] = load_packaged_weights(self.backbone, backbone)
         # what forward() returns without a classifier: after the pre-logits layer when there is one (MobileNetV3)
-        dim = getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features
+        dim = self.feature_dim = getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features
         self.head = CosineHead(dim, num_classes) if head == "cosine" else nn.Linear(dim, num_classes)
         self.mean = tuple(mean or (cfg.get("mean", (0.5,) * 3) if pretrained else (0.5,) * 3))
         self.std = tuple(std or (cfg.get("std", (0.5,) * 3) if pretrained else (0.5,) * 3))
@@ -235,7 +235,7 @@ class TrainedClassifier:
         device = next(self.model.parameters()).device
         feats = [self.model.features(self.model.preprocess(torch.as_tensor(np.asarray(images_u8[i:i + batch_size])).to(device)))
                  .float().cpu() for i in range(0, len(images_u8), batch_size)]
-        return torch.cat(feats).numpy() if feats else np.zeros((0, self.model.backbone.num_features), np.float32)
+        return torch.cat(feats).numpy() if feats else np.zeros((0, self.model.feature_dim), np.float32)
 
     def save(self, out_dir: str | Path, backbone: str) -> None:
         """``model.safetensors`` with the keys of a plain timm model, and ``config.json`` beside it in timm's

@@ -270,9 +270,10 @@ def select_synthetic(feature_model, train: tuple, val: tuple, synthetic: np.ndar
         rejected = table["eligible"].to_numpy() & ~table["judge_ok"].to_numpy()
         table.loc[rejected, "reason"] = table.loc[rejected, "judge_reason"]
         table["eligible"] = table["eligible"].to_numpy() & table["judge_ok"].to_numpy()
-        val_verdict = judge.predict_proba(judge_model.features(va_x)).argmax(axis=1)
-        calibration["judge_val_balanced_accuracy"] = float(np.mean(
-            [np.mean(judge.classes_[val_verdict[va_y == c]] == c) for c in np.unique(va_y)]))
+        from .evaluate import balanced_accuracy
+
+        val_pred = judge.classes_[judge.predict_proba(judge_model.features(va_x)).argmax(axis=1)]
+        calibration["judge_val_balanced_accuracy"] = balanced_accuracy(np.asarray(va_y), val_pred, len(classes))
     table["used"] = choose_for_deficits(table, labels, deficits, cfg.fill_fraction)
     return table, calibration
 
