@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import time
@@ -23,14 +24,39 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_measured(cmd: list[str], env: dict) -> tuple[float, float]:
-    """(peak RSS in GB of the process tree, wall seconds) of ``cmd``."""
+def _rss_kb(pid: int) -> dict[str, int]:
+    """The resident memory of one process by kind (kB): anonymous (its own arrays) and file-backed
+    (pages of memory-mapped files it touched, which the kernel can drop and re-read)."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return {}
+    return {k: int(v) for k, v in re.findall(r"^(VmRSS|RssAnon|RssFile):\s+(\d+)", text, re.M)}
+
+
+def run_measured(cmd: list[str], env: dict, log: Path) -> dict:
+    """Peak RSS (GB, ``/usr/bin/time``'s maximum resident set), its anonymous and file-backed parts as
+    sampled every 0.2 s, and the wall seconds of ``cmd``; the samples go to ``log`` (time, kind, GB)."""
     t0 = time.time()
-    out = subprocess.run(["/usr/bin/time", "-f", "PEAK_KB %M", *cmd], capture_output=True, text=True, env=env)
-    if out.returncode:
-        sys.exit(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
-    kb = next(int(line.split()[1]) for line in out.stderr.splitlines() if line.startswith("PEAK_KB"))
-    return kb / 1024 ** 2, time.time() - t0
+    with open(log.with_suffix(".stderr"), "w") as err:
+        proc = subprocess.Popen(["/usr/bin/time", "-f", "PEAK_KB %M", *cmd], stdout=subprocess.DEVNULL, stderr=err,
+                                env=env)
+        peaks, samples = {"RssAnon": 0, "RssFile": 0}, []
+        while proc.poll() is None:
+            kids = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+            for pid in (kids.read_text().split() if kids.is_file() else []):
+                rss = _rss_kb(int(pid))
+                if rss:
+                    samples.append((round(time.time() - t0, 1), rss.get("RssAnon", 0), rss.get("RssFile", 0)))
+                    peaks = {k: max(peaks[k], rss.get(k, 0)) for k in peaks}
+            time.sleep(0.2)
+    stderr = log.with_suffix(".stderr").read_text()
+    if proc.returncode:  # reported, not fatal: an old version may stop at a bug since fixed
+        print(f"{' '.join(cmd)} failed:\n{stderr[-1500:]}", file=sys.stderr)
+    pd.DataFrame(samples, columns=["s", "anon_kB", "file_kB"]).to_csv(log, index=False)
+    kb = next(int(line.split()[1]) for line in stderr.splitlines() if line.startswith("PEAK_KB"))
+    return {"peak RSS GB": round(kb / 1024 ** 2, 2), "peak anon GB": round(peaks["RssAnon"] / 1024 ** 2, 2),
+            "peak file-backed GB": round(peaks["RssFile"] / 1024 ** 2, 2), "wall s": round(time.time() - t0)}
 
 
 def main():
@@ -61,8 +87,9 @@ def main():
                "--set", f"classifier.backbone={args.backbone}"]
         subprocess.run(["rm", "-rf", f"{run_dir}_cache"], check=True)  # every tree decodes the images itself
         env = {**os.environ, "PYTHONPATH": src}
-        rss, seconds = run_measured(cmd, env)
-        rows.append({"tailfill": name, "source": src, "peak RSS GB": round(rss, 2), "wall s": round(seconds)})
+        rows.append({"tailfill": name, "source": src, **run_measured(cmd, env, args.work / f"rss_{name.replace(' ', '_')}.csv")})
+        rows[-1]["stages finished"] = ",".join(s for s in ("prepare", "train-baseline")
+                                               if list((run_dir / "stages").glob(f"{s}*")))
         print(rows[-1], flush=True)
     table = pd.DataFrame(rows)
     base = table["peak RSS GB"].iloc[0]

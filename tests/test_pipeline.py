@@ -48,6 +48,24 @@ def test_every_stage_ran_and_wrote_its_artefacts(finished_run):
     assert (run / "report" / "training.png").stat().st_size > 1000
 
 
+def test_prepared_splits_stay_on_disk(finished_run):
+    """Every stage after prepare reads the saved cache batch by batch: a split is an index into it, not a
+    copy, and its masks are binary uint8 (a quarter of float32)."""
+    from tailfill.data.rows import NpyRows
+    from tailfill.run import Run
+    from tailfill.config import load_config
+
+    run_dir, cfg = finished_run
+    cfg = load_config(cfg)
+    data = Run(cfg).data
+    images, masks = np.asarray(data.images), np.asarray(data.masks)
+    assert masks.dtype == np.uint8 and set(np.unique(masks)) <= {0, 1} and masks.any()
+    train = data.split("train")
+    assert isinstance(train.images, NpyRows) and isinstance(train.masks, NpyRows)
+    np.testing.assert_array_equal(np.asarray(train.images), images[train.selector])
+    np.testing.assert_array_equal(train.masks[[0, -1]], masks[train.selector][[0, -1]])
+
+
 def test_metrics_are_sane(finished_run):
     run, _ = finished_run
     results = pd.read_csv(run / "results" / "results.csv")

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from .evaluate import balanced_accuracy, classification_metrics
 from .io import load_tensors, read_json, save_tensors, write_json
+from .data.rows import take_rows
 from .mixing import draw_probabilities
 from .progress import progress
 from .training import check_finite, digests_per_rank, finish_tracking, make_accelerator, normalize_images
@@ -314,7 +315,6 @@ def train_classifier(train_images: np.ndarray, train_labels: np.ndarray, val_ima
     probs = draw_probabilities(train_labels, spec["sampler"], synthetic, cfg.synthetic_share)
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
-    images_t = torch.as_tensor(train_images)
     labels_t = torch.as_tensor(train_labels, dtype=torch.long)
     sample_w = torch.as_tensor(np.where(synthetic, cfg.synthetic_loss_weight, 1.0), dtype=torch.float32)
     weighted = bool(synthetic.any()) and cfg.synthetic_loss_weight != 1.0
@@ -338,11 +338,13 @@ def train_classifier(train_images: np.ndarray, train_labels: np.ndarray, val_ima
         losses = []
         for i in range(steps_per_epoch):
             bar.update(1)
-            idx = torch.as_tensor(order[i * cfg.batch_size:(i + 1) * cfg.batch_size])
-            if len(idx) < 2:
+            batch = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+            if len(batch) < 2:
                 continue
-            x = augment(result.model.preprocess(images_t[idx]), gen).to(accelerator.device,
-                                                                          memory_format=torch.channels_last)
+            idx = torch.as_tensor(batch)
+            # only the batch is read: the training images may be rows on disk (data.rows.NpyRows)
+            x = augment(result.model.preprocess(train_images[batch]), gen).to(
+                accelerator.device, memory_format=torch.channels_last)
             y = labels_t[idx].to(accelerator.device)
             w = sample_w[idx].to(accelerator.device) if weighted else None
             with accelerator.autocast():
@@ -373,7 +375,8 @@ def train_classifier(train_images: np.ndarray, train_labels: np.ndarray, val_ima
     result.model.load_state_dict(best_state)
     result.model.eval()
     if cfg.retrain_head:
-        retrain_head(result, train_images[~synthetic], train_labels[~synthetic], val_images, val_labels, cfg, seed)
+        retrain_head(result, take_rows(train_images, ~synthetic), train_labels[~synthetic], val_images, val_labels,
+                     cfg, seed)
     return result
 
 
@@ -388,10 +391,9 @@ def retrain_head(result: TrainedClassifier, images: np.ndarray, labels: np.ndarr
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        model.eval()
-        x = model.preprocess(torch.as_tensor(images))
-        feats = torch.cat([torch.cat([model.features(augment(x[i:i + 256], gen).to(device)).float().cpu()
-                                      for i in range(0, len(x), 256)]) for _ in range(views)])
+        model.eval()  # a batch at a time: the images may be rows on disk, and float copies of all are 4x uint8
+        feats = torch.cat([torch.cat([model.features(augment(model.preprocess(images[i:i + 256]), gen).to(device))
+                                      .float().cpu() for i in range(0, len(images), 256)]) for _ in range(views)])
     ys = torch.as_tensor(np.tile(labels, views), dtype=torch.long)
     scale = 30.0 if METHODS[result.method].get("head") == "cosine" else 1.0
     probs = draw_probabilities(ys.numpy(), "balanced")

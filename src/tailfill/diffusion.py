@@ -216,8 +216,9 @@ class MaskSampler:
     def __init__(self, lesion_masks: np.ndarray, lesion_prob: float, seed: int, bank_size: int = 512):
         size = lesion_masks.shape[-1]
         self.max_margin = max(1, size // 8)
-        # grown per batch, not precomputed: all margins of all masks would not fit in memory at 128+ px
-        self.lesion_masks = lesion_masks > 0.5
+        # grown per batch, not precomputed: all margins of all masks would not fit in memory at 128+ px;
+        # read per batch too (they may be rows on disk)
+        self.lesion_masks = lesion_masks
         self.lesion_prob = lesion_prob
         rng = np.random.default_rng(seed)
         self.bank = np.stack([random_shape_mask(size, rng) for _ in range(bank_size)])
@@ -226,8 +227,8 @@ class MaskSampler:
         use_lesion = rng.uniform(size=len(idx)) < self.lesion_prob
         margin = rng.integers(0, self.max_margin + 1, size=len(idx))
         random = self.bank[rng.integers(len(self.bank), size=len(idx))]
-        lesion = np.stack([ndimage.binary_dilation(self.lesion_masks[i], iterations=int(k)) if k else self.lesion_masks[i]
-                           for i, k in zip(idx, margin)])
+        own = np.asarray(self.lesion_masks[idx]) > 0.5
+        lesion = np.stack([ndimage.binary_dilation(m, iterations=int(k)) if k else m for m, k in zip(own, margin)])
         return np.where(use_lesion[:, None, None], lesion, random).astype(np.float32)
 
 

@@ -1,6 +1,7 @@
 """Lesion masks: automatic segmentation, user-supplied files, and random shapes for training.
 
-All masks are float32 arrays in [0, 1] with 1 where the lesion is (the region to inpaint).
+Masks are binary, 1 where the lesion is (the region to inpaint): float32 from the functions that make one
+mask, uint8 for a whole dataset's (``segment_batch``, the prepared masks), converted per batch.
 """
 from __future__ import annotations
 
@@ -66,11 +67,13 @@ def segment_lesion(image: np.ndarray, dilation: int = 0) -> np.ndarray:
     return mask.astype(np.float32)
 
 
-def segment_batch(images: np.ndarray, dilation: int = 0) -> np.ndarray:
-    """``segment_lesion`` over an (N, H, W, 3) array; returns (N, H, W) float32."""
-    out = np.zeros(images.shape[:3], np.float32)  # filled in place: no list of masks plus a stacked copy
-    for i in range(len(images)):
-        out[i] = segment_lesion(images[i], dilation)
+def segment_batch(images: np.ndarray, dilation: int = 0, chunk: int = 256) -> np.ndarray:
+    """``segment_lesion`` over (N, H, W, 3) images (an ndarray or rows on disk, read ``chunk`` at a time);
+    returns (N, H, W) uint8, 1 = lesion: a quarter of float32, and masks are binary anyway."""
+    out = np.zeros(images.shape[:3], np.uint8)  # filled in place: no list of masks plus a stacked copy
+    for start in range(0, len(images), chunk):
+        for i, image in enumerate(np.asarray(images[start:start + chunk]), start):
+            out[i] = segment_lesion(image, dilation)
     return out
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .data.rows import concat_rows
 from .training import class_power_probabilities
 
 # classifier sampler -> class power (p(class c) ~ n_c ** power); "natural" draws every image equally
@@ -23,7 +24,7 @@ SAMPLER_POWER = {"natural": 1.0, "sqrt": 0.5, "balanced": 0.0}
 
 @dataclass
 class TrainingSet:
-    images: np.ndarray      # (N, H, W, 3) uint8
+    images: np.ndarray      # (N, H, W, 3) uint8: an ndarray, or rows on disk (data.rows)
     labels: np.ndarray      # (N,) class indices
     synthetic: np.ndarray   # (N,) bool: generated (or, for the control, repeated) images
     source_labels: np.ndarray | None = None  # (N,) for soft labels: the class an image was translated from
@@ -52,7 +53,8 @@ class TrainingSet:
         mine_w = np.ones(len(self.labels)) if self.target_weight is None else self.target_weight
         new_src = labels if source_labels is None else np.asarray(source_labels)
         new_w = np.ones(len(labels)) if target_weight is None else np.asarray(target_weight, float)
-        return TrainingSet(np.concatenate([self.images, images]), np.concatenate([self.labels, labels]),
+        # real rows on disk stay there: the set reads both parts batch by batch
+        return TrainingSet(concat_rows(self.images, images), np.concatenate([self.labels, labels]),
                            np.concatenate([self.synthetic, np.ones(len(labels), bool)]),
                            np.concatenate([mine_src, new_src]), np.concatenate([mine_w, new_w]))
 

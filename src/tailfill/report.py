@@ -233,10 +233,10 @@ def sample_grid(run, selection: pd.DataFrame, path: Path, per_row: int = 6) -> N
 
     rows = []
     for name in sorted(selection["class"].unique()):
-        real = d.images[((frame["class"] == name) & (frame["split"] == "train")).to_numpy()]
+        real = d.images[np.flatnonzero(((frame["class"] == name) & (frame["split"] == "train")).to_numpy())[:per_row]]
         s = selection[selection["class"] == name]
         kept, rejected = s[s["eligible"]].sort_values("score"), s[~s["eligible"]].sort_values("score", ascending=False)
-        rows.append((name, [real[:per_row], load(s["mask_file"].head(per_row)), load(kept["file"].head(per_row)),
+        rows.append((name, [list(real), load(s["mask_file"].head(per_row)), load(kept["file"].head(per_row)),
                             load(rejected["file"].head(per_row))]))
     image_grid(rows, path, per_row)
 

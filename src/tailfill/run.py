@@ -26,7 +26,8 @@ import numpy as np
 
 from .config import Config, config_from_dict
 from .data.prepare import PreparedData
-from .io import read_json, read_table, save_npy, write_csv, write_json, write_text
+from .data.rows import NpyRows, save_rows
+from .io import read_json, read_table, write_csv, write_json, write_text
 from .training import Tracking, process_info, resolve_device
 
 
@@ -199,14 +200,14 @@ class Run:
         """Write what ``prepare`` made: the cached arrays, the splits table and dataset.json."""
         key = f"{len(data.frame)}_{self.cfg.data.image_size}px"
         images_file, masks_file = f"prepared_images_{key}.npy", f"prepared_masks_{key}.npy"
-        save_npy(self.paths.cache / images_file, data.images)
-        save_npy(self.paths.cache / masks_file, data.masks.astype(np.float32, copy=False))
+        save_rows(self.paths.cache / images_file, data.images)  # a hard link when it is the whole decoded cache
+        save_rows(self.paths.cache / masks_file, np.asarray(data.masks, np.uint8))
         write_csv(self.paths.splits, data.frame)
         counts = data.counts()
         write_json(self.paths.dataset_info, {
             "root": data.root, "classes": data.classes, "output_classes": data.output_classes,
             "images_file": images_file, "masks_file": masks_file, "counts": counts})
-        self._data = data
+        self._data = None  # later stages read the saved files from disk, batch by batch
         return counts
 
     @property
@@ -216,9 +217,9 @@ class Run:
             self.require("prepare")
             info = read_json(self.paths.dataset_info)
             self._data = PreparedData(read_table(self.paths.splits), info["classes"], info["output_classes"],
-                                      # memory-mapped: a split reads only its own rows
-                                      np.load(self.paths.cache / info["images_file"], mmap_mode="r"),
-                                      np.load(self.paths.cache / info["masks_file"], mmap_mode="r"),
+                                      # on disk: a split is an index, a batch reads only its own rows
+                                      NpyRows(self.paths.cache / info["images_file"]),
+                                      NpyRows(self.paths.cache / info["masks_file"]),
                                       info.get("root", ""))
         return self._data
 

@@ -1,4 +1,4 @@
-"""A resized uint8 cache: every image decoded once, then epochs read one numpy array."""
+"""A resized uint8 cache: every image decoded once into one ``.npy`` file, then read row by row."""
 from __future__ import annotations
 
 import hashlib
@@ -11,6 +11,7 @@ import numpy as np
 
 from ..io import atomic_path, read_json, write_json
 from .images import ImageError, read_image
+from .rows import NpyRows, create_npy
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +25,9 @@ def _key(paths: list[Path], size: int) -> str:
 
 
 def build_cache(paths: list[Path], size: int, cache_dir: str | Path, workers: int = 2,
-                on_bad_image: str = "error") -> tuple[np.ndarray, np.ndarray]:
-    """Return ``(images, ok)``: an (N, size, size, 3) uint8 array and which images decoded.
+                on_bad_image: str = "error") -> tuple[NpyRows, np.ndarray]:
+    """Return ``(images, ok)``: the (N, size, size, 3) uint8 images, on disk (:class:`NpyRows`), and which
+    images decoded.
 
     The array is stored in ``cache_dir`` under a key of the file list, sizes and mtimes, so a
     changed file rebuilds it. Unreadable images raise ImageError naming the file, or with
@@ -37,32 +39,34 @@ def build_cache(paths: list[Path], size: int, cache_dir: str | Path, workers: in
     arr_path, meta_path = cache_dir / f"images_{size}px_{key}.npy", cache_dir / f"images_{size}px_{key}.json"
     if arr_path.is_file() and meta_path.is_file():
         meta = read_json(meta_path)
-        images = np.load(arr_path, mmap_mode="r")
+        images = NpyRows(arr_path)
         if images.shape == (len(paths), size, size, 3):
-            return np.asarray(images), np.asarray(meta["ok"], dtype=bool)
+            return images, np.asarray(meta["ok"], dtype=bool)
         log.warning("cache %s has the wrong shape; rebuilding", arr_path)
 
     ok = np.ones(len(paths), dtype=bool)
     errors = []
-    # decoded straight into the cache file (memory-mapped), not into RAM: the dataset never has to fit in memory
+    row_bytes = size * size * 3
+    # each image is written straight to its row of the file: the dataset is never in memory, not even as
+    # the dirty pages of a memory map (which would count in the process's resident memory)
     with atomic_path(arr_path) as tmp:
-        images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
+        offset = create_npy(tmp, (len(paths), size, size, 3), np.uint8)
+        fd = os.open(tmp, os.O_WRONLY)
+        try:
+            def load(i):
+                try:
+                    os.pwrite(fd, np.ascontiguousarray(read_image(paths[i], size)).tobytes(), offset + i * row_bytes)
+                except ImageError as e:
+                    if on_bad_image != "skip":
+                        raise
+                    ok[i] = False
+                    errors.append(str(e))
 
-        def load(i):
-            try:
-                images[i] = read_image(paths[i], size)
-            except ImageError as e:
-                if on_bad_image != "skip":
-                    raise
-                ok[i] = False
-                errors.append(str(e))
-
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            list(pool.map(load, range(len(paths))))
-        images.flush()
-        del images
+            with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+                list(pool.map(load, range(len(paths))))
+        finally:
+            os.close(fd)
     for e in errors:
         log.warning("skipping: %s", e)
     write_json(meta_path, {"size": size, "n": len(paths), "ok": ok.tolist(), "errors": errors})
-    images = np.load(arr_path, mmap_mode="r")
-    return images, ok
+    return NpyRows(arr_path), ok

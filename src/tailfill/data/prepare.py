@@ -18,6 +18,7 @@ import pandas as pd
 
 from .cache import build_cache
 from .demo import make_demo_dataset
+from .rows import NpyRows, take_rows
 from .sources import LabeledImages, load_csv_dataset, load_image_folder, load_isic2019
 from .splits import long_tail_subsample, make_splits
 
@@ -50,30 +51,32 @@ def load_dataset(d, work_dir: str | Path, seed: int = 0) -> LabeledImages:
 
 @dataclass
 class Split:
-    """One split's cached images (N, H, W, 3 uint8), labels, rows of the table, and lesion masks."""
+    """One split's cached images (N, H, W, 3 uint8), labels, rows of the table, and lesion masks (N, H, W
+    uint8, 1 = lesion). Images and masks are ndarrays or :class:`~tailfill.data.rows.NpyRows` (on disk)."""
 
-    images: np.ndarray
+    images: np.ndarray | NpyRows
     labels: np.ndarray
     frame: pd.DataFrame
-    masks: np.ndarray
+    masks: np.ndarray | NpyRows
     selector: np.ndarray  # boolean over all prepared images
 
 
 @dataclass
 class PreparedData:
-    """Every image with its class, lesion and split (``frame``), the resized cache and lesion masks."""
+    """Every image with its class, lesion and split (``frame``), the resized cache and lesion masks (uint8)."""
 
     frame: pd.DataFrame
     classes: list
     output_classes: list
-    images: np.ndarray
-    masks: np.ndarray
+    images: np.ndarray | NpyRows
+    masks: np.ndarray | NpyRows
     root: str = ""  # where the dataset was read from
 
     def split(self, name: str) -> Split:
+        """One split; its images and masks stay on disk when the prepared ones are (an index, not a copy)."""
         sel = (self.frame["split"] == name).to_numpy()
-        return Split(self.images[sel], self.frame["label"].to_numpy()[sel], self.frame[sel].reset_index(drop=True),
-                     self.masks[sel], sel)
+        return Split(take_rows(self.images, sel), self.frame["label"].to_numpy()[sel],
+                     self.frame[sel].reset_index(drop=True), take_rows(self.masks, sel), sel)
 
     def counts(self) -> dict[str, dict[str, int]]:
         return {s: {c: int(((self.frame["split"] == s) & (self.frame["class"] == c)).sum()) for c in self.classes}
@@ -147,8 +150,8 @@ def prepare_dataset(d, work_dir: str | Path, seed: int = 0) -> PreparedData:
         frame = frame[keep].reset_index(drop=True)
     images, ok = build_cache([dataset.root / p for p in frame["path"]], d.image_size,
                              Path(d.cache_dir) if d.cache_dir else work_dir / "cache", d.workers, d.on_bad_image)
-    if not ok.all():  # (indexing copies: only when some images were skipped)
-        frame, images = frame[ok].reset_index(drop=True), images[ok]
+    if not ok.all():
+        frame, images = frame[ok].reset_index(drop=True), take_rows(images, ok)
     labels, groups = frame["label"].to_numpy(), frame["lesion_id"].to_numpy()
     if d.split_file:
         split = apply_split_table(frame, read_split_file(d.split_file), dataset.classes, d.split_file)
@@ -163,10 +166,9 @@ def prepare_dataset(d, work_dir: str | Path, seed: int = 0) -> PreparedData:
         keep = long_tail_subsample(labels, split, ratio, seed, groups=groups)
         split = np.where(keep, split, "unused")
     if d.masks_dir:
-        masks = np.stack([load_user_mask(d.masks_dir, i, d.image_size) for i in frame["image"]])
+        masks = np.stack([load_user_mask(d.masks_dir, i, d.image_size).astype(np.uint8) for i in frame["image"]])
     else:
         masks = segment_batch(images)
     frame["class"] = [dataset.classes[i] for i in labels]
     frame["split"] = split
-    return PreparedData(frame, list(dataset.classes), list(dataset.output_classes), images,
-                        masks.astype(np.float32, copy=False), str(dataset.root))
+    return PreparedData(frame, list(dataset.classes), list(dataset.output_classes), images, masks, str(dataset.root))
