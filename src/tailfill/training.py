@@ -6,6 +6,7 @@ epoch-based with model selection on validation); only these small rules are comm
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Callable
@@ -34,38 +35,66 @@ class ProcessInfo:
 _STATE = []
 
 
-def busy_cores(seconds: float = 0.5) -> float:
-    """How many cores other programs keep busy right now (from /proc/stat over ``seconds``; 0 elsewhere)."""
+def busy_cores(seconds: float = 0.5, cpus: set | None = None) -> float:
+    """How many of ``cpus`` (default: all) other programs keep busy right now, from /proc/stat over
+    ``seconds``; 0 where there is no /proc/stat."""
     import time
 
     def sample():
         with open("/proc/stat") as f:
-            values = [int(v) for v in f.readline().split()[1:]]
-        return sum(values), values[3] + values[4]  # total, idle + iowait
+            lines = [line.split() for line in f if line.startswith("cpu") and line[3].isdigit()]
+        rows = [[int(v) for v in line[1:]] for line in lines if cpus is None or int(line[0][3:]) in cpus]
+        return sum(sum(r) for r in rows), sum(r[3] + r[4] for r in rows), len(rows)  # total, idle + iowait
 
     try:
-        (t0, i0), _, (t1, i1) = sample(), time.sleep(seconds), sample()
+        (t0, i0, n), _, (t1, i1, _) = sample(), time.sleep(seconds), sample()
     except (OSError, ValueError, IndexError):
         return 0.0
-    cores = os.cpu_count() or 1
-    return cores * (1 - (i1 - i0) / max(1, t1 - t0))
+    return n * (1 - (i1 - i0) / max(1, t1 - t0))
+
+
+CGROUP_CPU_MAX = "/sys/fs/cgroup/cpu.max"        # cgroup v2: "<quota> <period>" or "max <period>"
+CGROUP_V1_QUOTA = "/sys/fs/cgroup/cpu/cpu.cfs_quota_us"
+
+
+def cpu_quota() -> float | None:
+    """The container's CPU limit in cores (``docker --cpus``, a Kubernetes CPU limit), or None without one.
+    Neither ``os.cpu_count()`` nor the affinity mask shows it: in a container limited to 2 CPUs on a
+    64-core host, torch would start 64 threads that spin on 2 CPUs' worth of time."""
+    try:
+        quota, period = open(CGROUP_CPU_MAX).read().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int(open(CGROUP_V1_QUOTA).read())
+        period = int(open(os.path.join(os.path.dirname(CGROUP_V1_QUOTA), "cpu.cfs_period_us")).read())
+        return quota / period if quota > 0 and period > 0 else None
+    except (OSError, ValueError):
+        return None
 
 
 def configure_threads(report=None) -> int:
-    """Torch intra-op threads for this process: the cores other programs do not keep busy at the start,
-    shared among this launch's processes on this machine. Oversubscribed OpenMP threads spin while they
-    wait: on 2 cores, two jobs with 2 threads each trained 4.4x slower *each* than one alone, with 1
-    thread each only 1.07x (docs/performance.md). ``OMP_NUM_THREADS`` (which torchrun sets) wins."""
+    """Torch intra-op threads for this process: the cores it may use (affinity, capped by a container's
+    CPU quota) that other programs do not keep busy at the start, shared among this launch's processes
+    on this machine. Oversubscribed OpenMP threads spin while they wait: on 2 cores, two jobs with 2
+    threads each trained 4.4x slower *each* than one alone, with 1 thread each only 1.07x
+    (docs/performance.md). ``OMP_NUM_THREADS`` (which torchrun sets) wins."""
     if os.environ.get("OMP_NUM_THREADS"):
         return torch.get_num_threads()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    free = max(1, int(cores - busy_cores() + 0.5))
-    n = max(1, min(cores, free) // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    cores = len(cpus)
+    quota = cpu_quota()
+    if quota is not None:
+        cores = min(cores, max(1, math.ceil(quota)))
+    free = max(1, min(cores, int(len(cpus) - busy_cores(cpus=cpus) + 0.5)))
+    n = max(1, free // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     if n != torch.get_num_threads():
         torch.set_num_threads(n)
-        if report is not None and n < cores:
-            report(f"tailfill: {cores - free} of {cores} cores are busy: using {n} torch thread(s) "
-                   "(set OMP_NUM_THREADS to choose)")
+        if report is not None and n < len(cpus):
+            why = f"a CPU quota of {quota:g}" if quota is not None and free == cores < len(cpus) else \
+                f"{len(cpus) - free} of {len(cpus)} cores busy"
+            report(f"tailfill: {why}: using {n} torch thread(s) (set OMP_NUM_THREADS to choose)")
     return n
 
 
