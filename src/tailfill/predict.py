@@ -17,6 +17,7 @@ import pandas as pd
 
 from .classify import TrainedClassifier
 from .data import DataError, build_cache, load_dataset
+from .data.rows import take_rows
 from .data.sources import IMAGE_SUFFIXES, LabeledImages
 from .evaluate import classification_metrics, submission_frame
 from .io import read_table, write_csv, write_json
@@ -99,7 +100,7 @@ def load_images(run: Run, frame: pd.DataFrame, cache_name: str) -> tuple[pd.Data
     d = run.cfg.data
     images, ok = build_cache([Path(p) for p in frame["path"]], d.image_size, run.paths.cache / cache_name,
                              d.workers, d.on_bad_image)
-    return frame[ok].reset_index(drop=True), images[ok]
+    return frame[ok].reset_index(drop=True), take_rows(images, ok)  # still on disk: predicted batch by batch
 
 
 def predict_files(run: Run, frame: pd.DataFrame, out: str | Path, model: str = "augmented",
