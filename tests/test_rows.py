@@ -54,6 +54,17 @@ def test_rows_shape_array_and_bad_keys(on_disk):
         rows[np.array([0.5])]
 
 
+def test_broken_files_are_named(tmp_path, on_disk):
+    a, rows = on_disk
+    (tmp_path / "junk.npy").write_bytes(b"not numpy at all")
+    with pytest.raises(ValueError, match="junk.npy: not a readable .npy array"):
+        NpyRows(tmp_path / "junk.npy")
+    cut = tmp_path / "cut.npy"
+    cut.write_bytes(rows.path.read_bytes()[:-100])  # a cache cut short (a full disk, a killed copy)
+    with pytest.raises(OSError, match="cut.npy: truncated file"):
+        NpyRows(cut)[[len(a) - 1]]
+
+
 def test_concatenated_rows_read_both_parts(on_disk, rng):
     a, rows = on_disk
     extra = rng.integers(0, 256, (6, 5, 5, 3), dtype=np.uint8)

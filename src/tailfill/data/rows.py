@@ -45,9 +45,12 @@ class _File:
 
 def _read_header(path: Path) -> tuple[tuple, np.dtype, int]:
     with open(path, "rb") as f:
-        version = np.lib.format.read_magic(f)
-        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran, dtype = read(f)
+        try:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read(f)
+        except ValueError as e:  # numpy's message does not say which file
+            raise ValueError(f"{path}: not a readable .npy array ({e}); delete it to rebuild it") from None
         offset = f.tell()
     if fortran or dtype.hasobject or not shape:
         raise ValueError(f"{path}: expected a C-ordered (N, ...) array of plain values")
