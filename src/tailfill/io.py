@@ -102,12 +102,6 @@ def read_table(path: str | os.PathLike):
     return pd.read_csv(path, dtype=TEXT_COLUMNS, encoding_errors="surrogateescape")
 
 
-def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, array)
-
-
 def save_tensors(path: str | os.PathLike, tensors: dict, metadata: dict[str, str] | None = None) -> None:
     """Save a flat dict of tensors as safetensors, atomically."""
     from safetensors.torch import save_file

@@ -236,7 +236,7 @@ def sample_grid(run, selection: pd.DataFrame, path: Path, per_row: int = 6) -> N
         real = d.images[np.flatnonzero(((frame["class"] == name) & (frame["split"] == "train")).to_numpy())[:per_row]]
         s = selection[selection["class"] == name]
         kept, rejected = s[s["eligible"]].sort_values("score"), s[~s["eligible"]].sort_values("score", ascending=False)
-        rows.append((name, [list(real), load(s["mask_file"].head(per_row)), load(kept["file"].head(per_row)),
+        rows.append((name, [real, load(s["mask_file"].head(per_row)), load(kept["file"].head(per_row)),
                             load(rejected["file"].head(per_row))]))
     image_grid(rows, path, per_row)
 
