@@ -155,3 +155,26 @@ def test_pretrained_sd_inpainting_is_fine_tuned_with_class_tokens(tmp_path, fine
         assert sum(f.stat().st_size for f in saved) < 0.5 * sum(
             f.stat().st_size for f in (base / "unet").iterdir())
     assert base_unet["in_channels"] == 9
+
+
+def test_autoencoder_trained_on_crops_reconstructs_whole_images(tmp_path):
+    images, _, _ = blobs()
+    vae = train_autoencoder(images, ae_cfg(crop_size=8), tmp_path / "crop", device="cpu")
+    info = json.loads((tmp_path / "crop" / "train_info.json").read_text())
+    assert info["history"][-1]["loss"] < info["history"][0]["loss"]
+    x = torch.as_tensor(images[:8]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    z = encode(vae, x)  # fully convolutional: trained on 8 px windows, used on the 16 px images
+    assert z.shape == (8, 4, 8, 8)
+    untrained = build_autoencoder(16, (8, 16), 4).eval()
+    assert psnr(decode(vae, z), x) > psnr(decode(untrained, encode(untrained, x)), x) + 3
+
+
+def test_autoencoder_crop_size_is_checked():
+    from tailfill.config import config_from_dict
+
+    base = {"data": {"image_size": 32}, "diffusion": {"space": "latent"}}
+    config_from_dict({**base, "autoencoder": {"crop_size": 16}})
+    config_from_dict({**base, "autoencoder": {"crop_size": 64}})  # larger than the images: whole images
+    for bad in (0, 15):
+        with pytest.raises(ValueError, match="autoencoder.crop_size"):
+            config_from_dict({**base, "autoencoder": {"crop_size": bad}})

@@ -144,7 +144,12 @@ def train_autoencoder(images_u8: np.ndarray, cfg, out_dir: str | Path, seed: int
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
         x = to_model_range(images_u8[rng.integers(len(images_u8), size=cfg.batch_size)])
         k = int(rng.integers(4))
-        x = torch.rot90(x, k, (2, 3)).to(accelerator.device)
+        x = torch.rot90(x, k, (2, 3))
+        if cfg.crop_size and cfg.crop_size < x.shape[-1]:  # a random window per image (cheaper steps, same weights)
+            c = cfg.crop_size
+            at = rng.integers(x.shape[-1] - c + 1, size=(len(x), 2))
+            x = torch.stack([xi[:, a:a + c, b:b + c] for xi, (a, b) in zip(x, at)])
+        x = x.to(accelerator.device)
         size = x.shape[-1] // 2 ** (len(cfg.block_out_channels) - 1)
         noise = torch.randn((len(x), cfg.latent_channels, size, size), generator=gen).to(x.device)
         with accelerator.autocast():

@@ -47,6 +47,8 @@ class AutoencoderConfig:
     layers_per_block: int = 1
     train_steps: int = 2000
     batch_size: int = 32
+    crop_size: Optional[int] = None    # train on random crops of this side (it is fully convolutional; None or >=
+                                       # image_size: whole images): at 128 px, 64 px crops train 4x faster on a CPU
     lr: float = 5e-4
     kl_weight: float = 1e-6            # small: a near-deterministic autoencoder, as in latent diffusion
     ema_decay: float = 0.999
@@ -302,6 +304,9 @@ def validate(cfg: Config) -> None:
         factor = 2 ** (len(cfg.autoencoder.block_out_channels) - 1)
         check(d.image_size % (factor * 2 ** (len(cfg.diffusion.block_out_channels) - 1)) == 0,
               f"data.image_size must be divisible by the autoencoder's {factor}x and the UNet's downsampling")
+        crop = cfg.autoencoder.crop_size
+        check(crop is None or (crop > 0 and crop % factor == 0),
+              f"autoencoder.crop_size must be positive and divisible by the autoencoder's {factor}x")
     check(cfg.diffusion.train_steps > 0 and cfg.diffusion.batch_size > 0, "diffusion steps and batch size > 0")
     from .training import check_tracker
 
