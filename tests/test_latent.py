@@ -178,3 +178,26 @@ def test_autoencoder_crop_size_is_checked():
     for bad in (0, 15):
         with pytest.raises(ValueError, match="autoencoder.crop_size"):
             config_from_dict({**base, "autoencoder": {"crop_size": bad}})
+
+
+@pytest.mark.parametrize("sampler", ["dpmsolver++", "ddim"])
+def test_latent_samplers_clip_the_x0_estimate(sampler):
+    from diffusers import DDPMScheduler
+
+    from tailfill.diffusion import make_scheduler
+
+    train = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2").config
+    x, eps = torch.randn(2, 4, 8, 8), torch.full((2, 4, 8, 8), 3.0)
+
+    def x0_range(clip):  # a whole sampling loop with an eps estimate that never improves
+        s = make_scheduler(sampler, train, latent=True, latent_clip=clip)
+        s.set_timesteps(10)
+        y = x
+        for t in s.timesteps:  # alpha ~ 0 at the first step: x0 = (x - sigma eps) / alpha is huge unless clipped
+            y = s.step(eps, t, y).prev_sample
+        return float(y.abs().max())
+
+    assert x0_range(2.0) <= 2.0 + 1e-6
+    assert x0_range(None) > 100
+    pixel = make_scheduler(sampler, train, latent=False)  # the pixel path keeps its own rule: x0 in [-1, 1]
+    assert pixel.config.thresholding if sampler == "dpmsolver++" else pixel.config.clip_sample_range == 1.0

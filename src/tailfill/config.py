@@ -92,6 +92,9 @@ class GenerateConfig:
     sampler: str = "dpmsolver++"       # ddpm | ddim | dpmsolver++
     steps: int = 12                    # DPM-Solver++ needs few; 20-25 for ddim
     guidance_scale: float = 3.0
+    latent_clip: Optional[float] = 2.0  # latent space: clip each step's x0 estimate to +-this (latents have unit
+                                        # variance), or a small UNet trained here drifts into saturated blobs
+                                        # (docs/benchmarks.md, 128 px); null for a pretrained SD UNet
     strength: float = 1.0              # <1: start from the context's own lesion noised this far (SDEdit), not pure noise
     mask_source: str = "auto"          # auto (segment the context's lesion) | user | random
     context_classes: Union[str, list] = "all"  # skin context from: "all" training images, the "same" class, or names
@@ -311,4 +314,5 @@ def validate(cfg: Config) -> None:
     from .training import check_tracker
 
     check_tracker(cfg.report_to)
+    check(cfg.generate.latent_clip is None or cfg.generate.latent_clip > 0, "generate.latent_clip > 0 (or null)")
     check(cfg.diffusion.snr_gamma is None or cfg.diffusion.snr_gamma > 0, "diffusion.snr_gamma > 0 (or null)")

@@ -70,15 +70,33 @@ def null_label(unet: UNet2DModel) -> int:
     return unet.config.num_class_embeds - 1
 
 
-def make_scheduler(name: str, train_scheduler_config, latent: bool = False) -> object:
-    """A sampler of kind ``name`` (ddpm | ddim | dpmsolver++) matching the training noise schedule."""
+class ClippedDPMSolver(DPMSolverMultistepScheduler):
+    """DPM-Solver++ whose x0 estimate is clipped to +-``x0_clip``: latent space's stand-in for the pixel
+    path's thresholding (which rescales x0 into [-1, 1], right for pixels, wrong for latents)."""
+
+    x0_clip: float | None = None
+
+    def convert_model_output(self, *args, **kwargs):
+        x0 = super().convert_model_output(*args, **kwargs)
+        return x0 if self.x0_clip is None else x0.clamp(-self.x0_clip, self.x0_clip)
+
+
+def make_scheduler(name: str, train_scheduler_config, latent: bool = False, latent_clip: float | None = None):
+    """A sampler of kind ``name`` (ddpm | ddim | dpmsolver++) matching the training noise schedule. In latent
+    space each step's x0 estimate is clipped to +-``latent_clip`` (None: not clipped)."""
     if name not in SCHEDULERS:
         raise ValueError(f"unknown sampler {name!r}; choose from {', '.join(SCHEDULERS)}")
     kwargs = {"timestep_spacing": "trailing"}  # start from pure noise even with few steps
+    if latent and name != "dpmsolver++":
+        kwargs.update(clip_sample=latent_clip is not None, clip_sample_range=latent_clip or 1.0)
     if name == "dpmsolver++":
         kwargs.update(algorithm_type="dpmsolver++", solver_order=2)
         if not latent:  # pixel-space data prediction: without thresholding x0 = (x - sigma eps) / alpha explodes
             kwargs.update(thresholding=True, sample_max_value=1.0)
+        else:
+            sched = ClippedDPMSolver.from_config(train_scheduler_config, **kwargs)
+            sched.x0_clip = latent_clip
+            return sched
     return SCHEDULERS[name].from_config(train_scheduler_config, **kwargs)
 
 
@@ -120,9 +138,9 @@ class InpaintPipeline:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, unet_subfolder: str = "unet_ema", scheduler: str | None = None,
-                        device: str = "cpu") -> "InpaintPipeline":
+                        device: str = "cpu", latent_clip: float | None = 2.0) -> "InpaintPipeline":
         """Load a saved pipeline (or a training checkpoint); ``scheduler`` picks the sampler, default the
-        training scheduler (DDPM)."""
+        training scheduler (DDPM); ``latent_clip``: see :func:`make_scheduler`."""
         path = Path(path)
         if not (path / unet_subfolder).is_dir() or not (path / "scheduler").is_dir():
             raise FileNotFoundError(f"no inpainting pipeline at {path} (needs {unet_subfolder}/ and scheduler/); "
@@ -134,7 +152,7 @@ class InpaintPipeline:
 
             vae = load_vae(path / "vae", device)
         config = DDPMScheduler.load_config(path / "scheduler")
-        sched = make_scheduler(scheduler, config, vae is not None) if scheduler else DDPMScheduler.from_config(config)
+        sched = make_scheduler(scheduler, config, vae is not None, latent_clip) if scheduler else DDPMScheduler.from_config(config)
         return cls(unet, sched, vae)
 
     @torch.inference_mode()  # generation never needs autograd: skip its bookkeeping

@@ -135,7 +135,7 @@ def unet_subfolder(cfg) -> str:
 def load_pipeline(ckpt_dir: Path, cfg, device: str = "cpu") -> InpaintPipeline:
     """The trained inpainter with the sampler ``cfg`` (a :class:`~tailfill.config.GenerateConfig`) asks for."""
     return InpaintPipeline.from_pretrained(ckpt_dir, unet_subfolder=unet_subfolder(cfg), scheduler=cfg.sampler,
-                                           device=device)
+                                           device=device, latent_clip=cfg.latent_clip)
 
 
 def generate_in_memory(ckpt_dir: Path, train_frame: pd.DataFrame, train_images: np.ndarray,
