@@ -86,18 +86,19 @@ def make_scheduler(name: str, train_scheduler_config, latent: bool = False, late
     space each step's x0 estimate is clipped to +-``latent_clip`` (None: not clipped)."""
     if name not in SCHEDULERS:
         raise ValueError(f"unknown sampler {name!r}; choose from {', '.join(SCHEDULERS)}")
-    kwargs = {"timestep_spacing": "trailing"}  # start from pure noise even with few steps
-    if latent and name != "dpmsolver++":
-        kwargs.update(clip_sample=latent_clip is not None, clip_sample_range=latent_clip or 1.0)
+    kwargs, kind = {"timestep_spacing": "trailing"}, SCHEDULERS[name]  # trailing: start from pure noise
     if name == "dpmsolver++":
         kwargs.update(algorithm_type="dpmsolver++", solver_order=2)
-        if not latent:  # pixel-space data prediction: without thresholding x0 = (x - sigma eps) / alpha explodes
+        if latent:
+            kind = ClippedDPMSolver
+        else:  # pixel-space data prediction: without thresholding x0 = (x - sigma eps) / alpha explodes
             kwargs.update(thresholding=True, sample_max_value=1.0)
-        else:
-            sched = ClippedDPMSolver.from_config(train_scheduler_config, **kwargs)
-            sched.x0_clip = latent_clip
-            return sched
-    return SCHEDULERS[name].from_config(train_scheduler_config, **kwargs)
+    elif latent:  # DDIM/DDPM clip x0 themselves (in pixel space to [-1, 1], the training config's)
+        kwargs.update(clip_sample=latent_clip is not None, clip_sample_range=latent_clip or 1.0)
+    sched = kind.from_config(train_scheduler_config, **kwargs)
+    if kind is ClippedDPMSolver:
+        sched.x0_clip = latent_clip
+    return sched
 
 
 def model_input(noisy, masked, masks):
@@ -152,7 +153,8 @@ class InpaintPipeline:
 
             vae = load_vae(path / "vae", device)
         config = DDPMScheduler.load_config(path / "scheduler")
-        sched = make_scheduler(scheduler, config, vae is not None, latent_clip) if scheduler else DDPMScheduler.from_config(config)
+        latent = vae is not None
+        sched = make_scheduler(scheduler, config, latent, latent_clip) if scheduler else DDPMScheduler.from_config(config)
         return cls(unet, sched, vae)
 
     @torch.inference_mode()  # generation never needs autograd: skip its bookkeeping
