@@ -18,7 +18,9 @@ Per image size (``--sizes``):
      control: a synthetic variant has to beat it to show that generated images add information);
    - ``real...``: nothing (e.g. a two-stage recipe on real data only, the control for cRT);
    generators and synthetic pools are trained/generated once per distinct setting and cached in
-   ``--work``, so variants that differ only in selection or training share them;
+   ``--work``, so variants that differ only in selection or training share them; so is every classifier
+   fit, by its own settings, seed and training images (not the run's seed list: adding seeds trains only
+   the new ones);
 3. diagnostics per pool: realism (AUROC real held-out vs synthetic by OOD score, per class), class
    fidelity (how often the feature classifier calls a synthetic image its own class, vs real held-out
    images), the selection funnel, and an image grid per tail class.
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import hashlib
 import json
 import resource
@@ -150,7 +153,12 @@ class Bench:
         for part in (train.images, train.labels, train.synthetic, *(train.soft_labels() or ()), self.val[1], self.test[1]):
             if part is not None:
                 digest.update(np.ascontiguousarray(part).tobytes())
-        out = self.args.work / "fits" / key_of(cfg.classifier, cfg.seed, method, seed, digest.hexdigest())
+        # the run's lists (methods, seeds) and augmented_method do not decide one fit: adding a seed reuses the rest
+        one_fit = dataclasses.replace(cfg.classifier, methods=[], seeds=[], augmented_method="")
+        out = self.args.work / "fits" / key_of(one_fit, cfg.seed, method, seed, digest.hexdigest())
+        legacy = self.args.work / "fits" / key_of(cfg.classifier, cfg.seed, method, seed, digest.hexdigest())
+        if not (out / "fit.json").is_file() and (legacy / "fit.json").is_file():
+            legacy.replace(out)  # a fit cached under the older key, which held the whole classifier config
         if (out / "fit.json").is_file():
             info = json.loads((out / "fit.json").read_text())
             return FitResult(TrainedClassifier.load(out / "model"), info["val"], info["test"],
@@ -247,6 +255,7 @@ class Bench:
         if "judge_val_balanced_accuracy" in cal:
             row["judge real val bacc"] = f"{cal['judge_val_balanced_accuracy']:.2f}"
         row.update(generated=len(table), within_threshold=int(table["within_threshold"].sum()),
+                   too_typical=int((table["within_threshold"] & table["too_typical"]).sum()),  # select.min_real_quantile
                    near_copies=int(table["near_copy"].sum()), eligible=int(table["eligible"].sum()),
                    used=int(table["used"].sum()))
         self.diagnostics.append(row)

@@ -66,3 +66,25 @@ def test_a_bad_variant_is_refused_before_any_training(tmp_path):
                            "--work", str(tmp_path), "--out", str(tmp_path / "b.md")],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "generate.strenght" in done.stderr
+
+
+@pytest.mark.slow
+def test_adding_a_seed_reuses_the_cached_fits_of_the_others(tmp_path):
+    root = make_demo_dataset(tmp_path / "isic", total=240, imbalance=2.0, size=16)
+    sets = ["data.root=" + str(root), "data.imbalance_ratio=5", "data.val_per_class=3", "data.test_per_class=3",
+            "classifier.methods=[ce]", "classifier.epochs=1", "classifier.backbone=resnet10t"]
+
+    def run(seeds):
+        cmd = [sys.executable, str(SCRIPT), "--sizes", "16", *[a for s in sets for a in ("--set", s)],
+               "--set", f"classifier.seeds={seeds}", "--variants", "real_oversample",
+               "--work", str(tmp_path / "work"), "--out", str(tmp_path / "docs" / "b.md")]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return sorted(p.name for p in (tmp_path / "work" / "fits").iterdir())
+
+    first = run("[0]")
+    assert len(first) == 2  # the baseline and the control, seed 0
+    second = run("[0, 1]")
+    assert len(second) == 4 and set(first) <= set(second)  # seed 0's two fits were found, not trained again
+    results = pd.read_csv(tmp_path / "docs" / "benchmarks" / "results.csv")
+    assert sorted(results["seed"]) == [0, 0, 1, 1]

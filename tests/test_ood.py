@@ -107,3 +107,28 @@ def test_select_synthetic_applies_threshold_and_keep_fraction_together(rng):
     assert fifth["eligible"].sum() <= 8 and (fifth["eligible"] <= full["eligible"]).all()
     none, cal = select_synthetic(*args, SelectConfig(method="none"), ["a", "b", "c"])
     assert none["used"].all() and cal == {}
+
+
+def test_min_real_quantile_rejects_images_too_typical_of_their_class(rng):
+    """Images shrunk towards the class mean (hazy, low-contrast lesions) score below almost every real image."""
+    x, y, means = gaussian_classes(rng)
+    train, held = np.arange(len(y)) % 2 == 0, np.arange(len(y)) % 2 == 1
+    fresh = rng.normal(0, 1, (400, 16)) + means[0]                 # like real images of class 0
+    hazy = 0.1 * rng.normal(0, 1, (40, 16)) + means[0]             # nearly the class mean
+    feats, labels = np.concatenate([fresh, hazy]), np.zeros(440, int)
+    one_sided = OODSelector(MahalanobisScorer()).fit(x[train], y[train]).calibrate(x[held], y[held])
+    assert one_sided.decide(feats, labels)["eligible"].iloc[400:].all()  # the upper threshold alone keeps them
+    sel = OODSelector(MahalanobisScorer(), min_real_quantile=0.1).fit(x[train], y[train]).calibrate(x[held], y[held])
+    table = sel.decide(feats, labels)
+    assert (table["reason"].iloc[400:] == "too_typical").all() and not table["eligible"].iloc[400:].any()
+    assert 0.03 < table["too_typical"].iloc[:400].mean() < 0.2  # about 10 % of real-like images
+    assert (table["eligible"] == (table["within_threshold"] & ~table["too_typical"] & table["within_keep_fraction"]
+                                  & ~table["near_copy"])).all()
+
+
+def test_min_real_quantile_must_sit_below_real_quantile():
+    from tailfill.config import load_config
+
+    with pytest.raises(ValueError, match="select.min_real_quantile"):
+        load_config(None, ["select.min_real_quantile=0.97"])
+    assert load_config(None, ["select.min_real_quantile=0.1"]).select.min_real_quantile == 0.1

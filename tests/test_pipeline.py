@@ -98,8 +98,8 @@ def test_provenance_and_leakage_guards(finished_run):
     selection = pd.read_csv(run / "selection" / "selection.csv")
     assert not (selection["used"] & ~selection["eligible"]).any()
     # eligible = every filter passed; used = at most each class's deficit of them
-    assert (selection["eligible"] == (selection["within_threshold"] & selection["within_keep_fraction"]
-                                      & ~selection["near_copy"])).all()
+    assert (selection["eligible"] == (selection["within_threshold"] & ~selection["too_typical"]
+                                      & selection["within_keep_fraction"] & ~selection["near_copy"])).all()
     aug = json.loads(next(run.glob("classifier/augmented/*/seed_0/metrics.json")).read_text())
     real = json.loads(next(run.glob("classifier/baseline/ce/seed_0/metrics.json")).read_text())
     extra = np.array(aug["train_counts"]) - np.array(real["train_counts"])

@@ -111,6 +111,8 @@ class SelectConfig:
     k: int = 5                         # knn: neighbours
     real_quantile: float = 0.95        # threshold = this quantile of held-out real scores of the class
     keep_fraction: float = 1.0         # then keep at most this fraction of each class's best scores
+    min_real_quantile: Optional[float] = None  # also drop images scoring below this quantile of held-out real
+    # scores (too typical: nearer the class mean than almost every real image; hazy lesions); None: no lower bound
     fill_fraction: float = 1.0         # use eligible images for at most this share of each class's deficit
     near_duplicate_similarity: Union[str, float] = "auto"  # centred cosine similarity to a training image above
     # which a sample is a copy; "auto": the 99th percentile of held-out real images' similarity
@@ -281,6 +283,8 @@ def validate(cfg: Config) -> None:
     one_of(s.method, list(SCORERS) + ["none"], "select.method")
     check(0 < s.keep_fraction <= 1, "select.keep_fraction in (0, 1]")
     check(0 < s.real_quantile <= 1, "select.real_quantile in (0, 1]")
+    check(s.min_real_quantile is None or 0 <= s.min_real_quantile < s.real_quantile,
+          "select.min_real_quantile in [0, select.real_quantile) or null")
     check(0 <= s.fill_fraction, "select.fill_fraction >= 0")
     one_of(s.features, ["classifier", "lite0"], "select.features")
     if s.judge is not None:

@@ -7,10 +7,13 @@ features, then ``score`` / ``decide`` on synthetic ones.
     selector.fit(train_feats, train_labels).calibrate(val_feats, val_labels)
     table = selector.decide(synth_feats, synth_labels, source_index=src)
 
-Higher scores mean *less* like the class. Three filters, each a column of the decision table:
+Higher scores mean *less* like the class. The filters, each a column of the decision table:
 
 - ``within_threshold``: the score is within the class's threshold, the ``real_quantile`` of held-out
   real scores of the class (so about that share of real images would pass);
+- ``too_typical`` (only with ``min_real_quantile``): the score is *below* that quantile of the held-out
+  real scores: closer to the class mean than almost every real image. Hazy, low-contrast lesions land
+  there (realism AUROC below 0.5): a classifier learns the class's average from them, not a lesion;
 - ``within_keep_fraction``: the image is among the best-scoring ``keep_fraction`` of its class;
 - ``near_copy``: its centred cosine similarity to the nearest training image (its own source context
   excluded) exceeds ``near_duplicate_similarity`` -- by default ("auto") the 99th percentile of the
@@ -99,9 +102,10 @@ class OODSelector:
     """Fit on real training features, calibrate on held-out real ones, select synthetic ones."""
 
     def __init__(self, scorer, real_quantile: float = 0.95, keep_fraction: float = 1.0,
-                 near_duplicate_similarity: float | str = "auto"):
+                 near_duplicate_similarity: float | str = "auto", min_real_quantile: float | None = None):
         self.scorer = scorer
         self.real_quantile = real_quantile
+        self.min_real_quantile = min_real_quantile
         self.keep_fraction = keep_fraction
         self.near_duplicate_similarity = near_duplicate_similarity
 
@@ -121,13 +125,20 @@ class OODSelector:
         else:
             self.duplicate_threshold_ = float(self.near_duplicate_similarity)
         self.calibration_scores_ = {int(c): scores[labels == c] for c in np.unique(labels)}
-        pooled = float(np.quantile(scores, self.real_quantile))
-        self.thresholds_ = {}
+        self.thresholds_ = self._quantiles(scores, self.real_quantile)
+        # the lower bound: -inf (none) unless min_real_quantile asks for one
+        self.lower_thresholds_ = self._quantiles(scores, self.min_real_quantile) if self.min_real_quantile is not None \
+            else {int(c): -np.inf for c in self.scorer.classes_}
+        return self
+
+    def _quantiles(self, scores: np.ndarray, q: float) -> dict[int, float]:
+        """The ``q`` quantile of each class's held-out real scores (the pooled one for a class with too few)."""
+        pooled = float(np.quantile(scores, q))
+        out = {}
         for c in self.scorer.classes_:
             s = self.calibration_scores_.get(int(c), np.array([]))
-            self.thresholds_[int(c)] = float(np.quantile(s, self.real_quantile)) if len(s) >= MIN_CALIBRATION \
-                else pooled
-        return self
+            out[int(c)] = float(np.quantile(s, q)) if len(s) >= MIN_CALIBRATION else pooled
+        return out
 
     def score(self, feats: np.ndarray, labels: np.ndarray) -> np.ndarray:
         return self.scorer.score(feats, labels)
@@ -141,22 +152,24 @@ class OODSelector:
         return sims.max(axis=1) if sims.shape[1] else np.full(len(feats), -np.inf)
 
     def decide(self, feats: np.ndarray, labels: np.ndarray, source_index: np.ndarray | None = None) -> pd.DataFrame:
-        """Score and apply the three filters; one row per image (see the module docstring)."""
+        """Score and apply the filters; one row per image (see the module docstring)."""
         labels = np.asarray(labels)
         scores = self.score(feats, labels)
         thresholds = np.array([self.thresholds_[int(c)] for c in labels])
         similarity = self.nearest_train_similarity(feats, source_index)
         near_copy = similarity > self.duplicate_threshold_
         within_threshold = scores <= thresholds
+        too_typical = scores < np.array([self.lower_thresholds_[int(c)] for c in labels])
         within_fraction = np.zeros(len(labels), bool)
-        for c in np.unique(labels):  # keep_fraction: the best-scoring share of each class
-            idx = np.flatnonzero(labels == c)
+        for c in np.unique(labels):  # keep_fraction: the best-scoring share of each class (of the not too typical)
+            idx = np.flatnonzero((labels == c) & ~too_typical)
             within_fraction[idx[np.argsort(scores[idx], kind="stable")][:int(np.ceil(self.keep_fraction * len(idx)))]] = True
-        reason = np.where(near_copy, "near_copy", np.where(~within_threshold, "out_of_distribution",
-                                                           np.where(~within_fraction, "below_keep_fraction", "eligible")))
+        reason = np.select([near_copy, ~within_threshold, too_typical, ~within_fraction],
+                           ["near_copy", "out_of_distribution", "too_typical", "below_keep_fraction"], "eligible")
         return pd.DataFrame({"score": scores, "threshold": thresholds, "train_similarity": similarity,
-                             "within_threshold": within_threshold, "within_keep_fraction": within_fraction,
-                             "near_copy": near_copy, "eligible": reason == "eligible", "reason": reason})
+                             "within_threshold": within_threshold, "too_typical": too_typical,
+                             "within_keep_fraction": within_fraction, "near_copy": near_copy,
+                             "eligible": reason == "eligible", "reason": reason})
 
 
 class FidelityJudge:
@@ -245,12 +258,12 @@ def select_synthetic(feature_model, train: tuple, val: tuple, synthetic: np.ndar
     if cfg.method == "none":
         n = len(labels)
         table = pd.DataFrame({"score": np.zeros(n), "threshold": np.inf, "train_similarity": np.nan,
-                              "within_threshold": True, "within_keep_fraction": True, "near_copy": False,
+                              "within_threshold": True, "too_typical": False, "within_keep_fraction": True, "near_copy": False,
                               "eligible": True, "reason": "eligible"})
         calibration = {}
     else:
         selector = OODSelector(build_scorer(cfg.method, cfg), cfg.real_quantile, cfg.keep_fraction,
-                               cfg.near_duplicate_similarity)
+                               cfg.near_duplicate_similarity, cfg.min_real_quantile)
         va_f = feature_model.features(va_x)
         selector.fit(feature_model.features(tr_x), tr_y).calibrate(va_f, va_y)
         table = selector.decide(feature_model.features(synthetic), labels, source_index=source_index)
@@ -260,6 +273,8 @@ def select_synthetic(feature_model, train: tuple, val: tuple, synthetic: np.ndar
             "val_scores": {classes[c]: s.tolist() for c, s in selector.calibration_scores_.items()},
             "realism_auroc": {classes[c]: realism_auroc(val_scores[va_y == c], table["score"].to_numpy()[labels == c])
                               for c in np.unique(labels)}}
+        if cfg.min_real_quantile is not None:
+            calibration["lower_thresholds"] = {classes[c]: t for c, t in selector.lower_thresholds_.items()}
     if cfg.judge is not None:  # drop what an independent model says is another class (or too easy)
         judge_model = lite0 if cfg.judge == "lite0" else feature_model
         judge = FidelityJudge(cfg.judge_reject_confidence, cfg.judge_max_confidence)
