@@ -153,8 +153,7 @@ class InpaintPipeline:
 
             vae = load_vae(path / "vae", device)
         config = DDPMScheduler.load_config(path / "scheduler")
-        latent = vae is not None
-        sched = make_scheduler(scheduler, config, latent, latent_clip) if scheduler else DDPMScheduler.from_config(config)
+        sched = make_scheduler(scheduler, config, vae is not None, latent_clip) if scheduler else DDPMScheduler.from_config(config)
         return cls(unet, sched, vae)
 
     @torch.inference_mode()  # generation never needs autograd: skip its bookkeeping
