@@ -153,12 +153,11 @@ class Bench:
         for part in (train.images, train.labels, train.synthetic, *(train.soft_labels() or ()), self.val[1], self.test[1]):
             if part is not None:
                 digest.update(np.ascontiguousarray(part).tobytes())
-        # the run's lists (methods, seeds) and augmented_method do not decide one fit: adding a seed reuses the rest
+        # the run's lists (methods, seeds) and augmented_method do not decide one fit: adding a seed reuses the
+        # rest; unset (None) options are left out, so a new option does not orphan the fits cached before it
         one_fit = dataclasses.replace(cfg.classifier, methods=[], seeds=[], augmented_method="")
-        out = self.args.work / "fits" / key_of(one_fit, cfg.seed, method, seed, digest.hexdigest())
-        legacy = self.args.work / "fits" / key_of(cfg.classifier, cfg.seed, method, seed, digest.hexdigest())
-        if not (out / "fit.json").is_file() and (legacy / "fit.json").is_file():
-            legacy.replace(out)  # a fit cached under the older key, which held the whole classifier config
+        settings = {k: v for k, v in dataclasses.asdict(one_fit).items() if v is not None}
+        out = self.args.work / "fits" / key_of(settings, cfg.seed, method, seed, digest.hexdigest())
         if (out / "fit.json").is_file():
             info = json.loads((out / "fit.json").read_text())
             return FitResult(TrainedClassifier.load(out / "model"), info["val"], info["test"],

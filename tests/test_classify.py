@@ -86,3 +86,37 @@ def test_saved_classifier_loads_into_a_plain_timm_model(tmp_path, rng, method):
     if method == "ce":
         np.testing.assert_allclose(plain(inputs).detach().numpy(), ours, atol=1e-4)
     assert (plain_pred == ours.argmax(1)).all()
+
+
+def test_input_size_resizes_before_the_network_and_travels_with_the_weights(tmp_path, rng):
+    import json
+
+    x, y = _blobs(rng, 60, size=16)
+    cfg = ClassifierConfig(backbone="resnet10t", epochs=1, batch_size=32, input_size=32)
+    model = train_classifier(x, y, x, y, ["a", "b", "c"], "ce", cfg, seed=0, device="cpu")
+    assert model.model.preprocess(x[:2]).shape == (2, 3, 32, 32)
+    seen = []
+    hook = model.model.backbone.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[-1]))
+    model.logits(x[:4])
+    hook.remove()
+    assert seen == [32]  # the network ran on 32 px, not on the 16 px images it was given
+    model.save(tmp_path, "resnet10t")
+    info = json.loads((tmp_path / "config.json").read_text())
+    assert info["pretrained_cfg"]["input_size"] == [3, 32, 32] and info["tailfill"]["image_size"] == 16
+    again = TrainedClassifier.load(tmp_path)
+    assert again.model.input_size == 32 and again.input_size == 16
+    np.testing.assert_allclose(again.logits(x), model.logits(x), atol=1e-4)
+    # without the option the network sees the images as they come, and a reload does not resize them
+    plain = train_classifier(x, y, x, y, ["a", "b", "c"], "ce", ClassifierConfig(backbone="resnet10t", epochs=1),
+                             seed=0, device="cpu")
+    plain.save(tmp_path / "plain", "resnet10t")
+    assert TrainedClassifier.load(tmp_path / "plain").model.input_size is None
+    assert plain.model.preprocess(x[:2]).shape == (2, 3, 16, 16)
+
+
+def test_input_size_too_small_is_refused_by_the_config_check():
+    from tailfill.config import load_config
+
+    with pytest.raises(ValueError, match="classifier.input_size"):
+        load_config(None, ["classifier.input_size=4"])
+    assert load_config(None, ["classifier.input_size=128"]).classifier.input_size == 128

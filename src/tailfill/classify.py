@@ -68,12 +68,15 @@ class Classifier(nn.Module):
     """timm backbone (features) + head (logits). ``features`` feeds the OOD selector.
 
     ``mean``/``std`` are the input normalisation: the pretrained weights' own (timm's pretrained_cfg) for
-    a pretrained backbone, 0.5/0.5 (the [-1, 1] range) from scratch.
+    a pretrained backbone, 0.5/0.5 (the [-1, 1] range) from scratch. ``input_size``: the side images are
+    resized to before the network (None: as they come); a pretrained backbone sees lesions at the scale
+    it learnt on ImageNet even when the cache is 64 px (docs/benchmarks.md, 64 px lite0).
     """
 
     def __init__(self, backbone: str, num_classes: int, head: str = "linear", pretrained: bool = False,
-                 mean=None, std=None):
+                 mean=None, std=None, input_size: int | None = None):
         super().__init__()
+        self.input_size = input_size
         import timm
 
         from .pretrained import ALIASES, has_packaged_weights, load_packaged_weights
@@ -104,7 +107,11 @@ class Classifier(nn.Module):
         return self.head(self.backbone(x))
 
     def preprocess(self, images_u8) -> torch.Tensor:
-        return normalize_images(images_u8, self.mean, self.std)
+        x = normalize_images(images_u8, self.mean, self.std)
+        if self.input_size and x.shape[-1] != self.input_size:
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False,
+                              antialias=True)
+        return x
 
     def timm_state_dict(self) -> dict:
         """Keys of a plain ``timm.create_model(backbone, num_classes=K)``. A cosine head is written as a linear
@@ -205,7 +212,7 @@ class TrainedClassifier:
     method: str
     log_prior: np.ndarray
     history: list
-    input_size: int | None = None  # the side of the images it was trained on
+    input_size: int | None = None  # the side of the images it was trained on (the network's: model.input_size)
     rank_digests: list | None = None  # weights hash of each process's copy after training (equal under DDP)
 
     @torch.inference_mode()
@@ -251,13 +258,14 @@ class TrainedClassifier:
         out_dir, backbone = Path(out_dir), ALIASES.get(backbone, backbone)
         m = self.model
         save_tensors(out_dir / "model.safetensors", m.timm_state_dict())
-        size = self.input_size
+        size = m.input_size or self.input_size
         write_json(out_dir / "config.json", {
             "architecture": backbone, "num_classes": len(self.classes), "label_names": self.classes,
             "pretrained_cfg": {"input_size": [3, size, size] if size else None, "mean": list(m.mean),
                                "std": list(m.std), "interpolation": "bilinear", "crop_pct": 1.0,
                                "classifier": m.classifier_name},
             "tailfill": {"method": self.method, "head": METHODS[self.method].get("head", "linear"),
+                         "image_size": self.input_size, "resize": bool(m.input_size),
                          "log_prior": self.log_prior.tolist(), "history": self.history,
                          "weights_digest_per_rank": self.rank_digests}})
 
@@ -271,11 +279,12 @@ class TrainedClassifier:
         else:
             info = read_json(out_dir / "config.json")
         t, pc = info["tailfill"], info["pretrained_cfg"]
+        size = (pc.get("input_size") or [None, None, None])[-1]
         model = Classifier(info["architecture"], len(info["label_names"]), METHODS[t["method"]].get("head", "linear"),
-                           mean=pc.get("mean"), std=pc.get("std"))
+                           mean=pc.get("mean"), std=pc.get("std"), input_size=size if t.get("resize") else None)
         model.load_timm_state_dict(load_tensors(out_dir / "model.safetensors"))
         out = cls(model.to(device).eval(), info["label_names"], t["method"], np.asarray(t["log_prior"]), t["history"])
-        out.input_size = (pc.get("input_size") or [None, None, None])[-1]
+        out.input_size = t.get("image_size", size)
         return out
 
 
@@ -304,8 +313,8 @@ def train_classifier(train_images: np.ndarray, train_labels: np.ndarray, val_ima
     torch.manual_seed(seed)
     # channels_last: convolutions run on NHWC without layout conversions (1.12x for resnet18 training at
     # 64 px on 2 CPU cores, docs/performance.md); weights and results are the same
-    model = Classifier(cfg.backbone, num_classes, spec.get("head", "linear"), cfg.pretrained).to(
-        memory_format=torch.channels_last)
+    model = Classifier(cfg.backbone, num_classes, spec.get("head", "linear"), cfg.pretrained,
+                       input_size=cfg.input_size).to(memory_format=torch.channels_last)
     criterion = LongTailLoss(spec["loss"], counts, spec.get("drw", False)).to(accelerator.device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, math.ceil(len(train_labels) / cfg.batch_size / accelerator.num_processes))

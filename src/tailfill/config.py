@@ -128,6 +128,8 @@ class SelectConfig:
 class ClassifierConfig:
     backbone: str = "resnet18"         # any timm model name (lite0 = tf_efficientnet_lite0)
     pretrained: bool = False           # timm weights in the local cache, or lite0's from tailfill[lite0]
+    input_size: Optional[int] = None   # resize images to this side before the network (None: data.image_size);
+                                       # 128 lets a pretrained backbone read a 64 px cache at its own scale
     epochs: int = 20
     batch_size: int = 64
     lr: float = 2e-3
@@ -300,6 +302,7 @@ def validate(cfg: Config) -> None:
     for m in c.methods + ([] if c.augmented_method == "best" else [c.augmented_method]):
         check(m in METHODS, f"unknown classifier method {m!r}; choose from {', '.join(METHODS)}")
     check(c.synthetic_share is None or 0 <= c.synthetic_share <= 1, "classifier.synthetic_share in [0, 1]")
+    check(c.input_size is None or c.input_size >= 8, "classifier.input_size >= 8 (or null: the data's size)")
     check(c.synthetic_loss_weight > 0, "classifier.synthetic_loss_weight > 0")
     for key, mp in (("diffusion", cfg.diffusion.mixed_precision), ("classifier", c.mixed_precision)):
         check(mp is None or mp in ("no", "fp16", "bf16"), f"{key}.mixed_precision is no, fp16, bf16 or null")
