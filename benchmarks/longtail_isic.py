@@ -308,6 +308,40 @@ def summarise(frame: pd.DataFrame, classes: list, tail: list, y_true, probas: di
     return pd.DataFrame(out)
 
 
+def against_the_bar(frame: pd.DataFrame, rarest: str, control: str = "real_oversample") -> pd.DataFrame:
+    """Each synthetic variant against issue 11's bar, seed by seed.
+
+    The references are the best baseline *by test* (the stricter one) and the control; the margin is the
+    largest seed sd among those two rows and the variant's own. A variant clears the bar when its mean
+    beats both references by more than the margin and its recall of the rarest class beats both.
+    """
+    baselines = frame[frame["kind"] == "baseline"]
+    if baselines.empty or control not in set(frame["variant"]):
+        return pd.DataFrame()
+    best = baselines.groupby("method")["balanced_accuracy"].mean().idxmax()
+    refs = {f"baseline `{best}`": baselines[baselines["method"] == best], "control": frame[frame["variant"] == control]}
+    by_seed = {k: g.set_index("seed") for k, g in refs.items()}
+    out = []
+    for variant, g in frame[frame["variant"].str.startswith("synth")].groupby("variant", sort=False):
+        g = g.set_index("seed")
+        sds = [float(x["balanced_accuracy"].std(ddof=1)) for x in (*by_seed.values(), g)]
+        margin = max(sds) if len(g) > 1 else float("nan")
+        row, clears = {"variant": variant, "balanced acc": f"{g['balanced_accuracy'].mean():.3f}"}, True
+        for name, ref in by_seed.items():
+            seeds = g.index.intersection(ref.index)
+            d = g.loc[seeds, "balanced_accuracy"] - ref.loc[seeds, "balanced_accuracy"]
+            row[f"paired diff vs {name}"] = f"{d.mean():+.3f} ± {d.std(ddof=1):.3f} ({int((d > 0).sum())}/{len(d)} up)"
+            gap = g["balanced_accuracy"].mean() - ref["balanced_accuracy"].mean()
+            clears &= bool(gap > margin) and g[f"recall_{rarest}"].mean() > ref[f"recall_{rarest}"].mean()
+        row["margin (largest sd)"] = f"{margin:.3f}"
+        row[f"R_{rarest} (baseline, control)"] = (f"{g[f'recall_{rarest}'].mean():.2f} ("
+                                                  + ", ".join(f"{r[f'recall_{rarest}'].mean():.2f}" for r in
+                                                              by_seed.values()) + ")")
+        row["clears the bar"] = "yes" if clears else "no"
+        out.append(row)
+    return pd.DataFrame(out)
+
+
 def write_outputs(bench: Bench, args, lines: list, t0: float, done: int, total: int) -> None:
     """The section (the log so far + tables of everything measured) and this tag's rows of results.csv."""
     results = results_table(bench.records)
@@ -320,6 +354,11 @@ def write_outputs(bench: Bench, args, lines: list, t0: float, done: int, total: 
     by_test = results[results["kind"] == "baseline"].groupby("method")["balanced_accuracy"].mean().idxmax()
     body.append(f"\nbest baseline by test (for reference only): `{by_test}`")
     body.append("\n" + to_markdown(summarise(results, classes, bench.tail, bench.test[1], bench.probas)))
+    rarest = classes[int(np.argmin(np.bincount(bench.train.labels, minlength=len(classes))))]
+    bar = against_the_bar(results, rarest)
+    if not bar.empty:
+        body.append("\nagainst the bar (mean above the best baseline by test and the control by more than the largest "
+                    f"seed sd of the three, and {rarest} recall above both; paired over seeds):\n\n" + to_markdown(bar))
     body.append((f"\n![samples {tag}](benchmarks/grid_{tag}.png)\n" if bench.diagnostics else "")
                 + "\nwall time per stage (s): " + ", ".join(f"{k} {v:.0f}" for k, v in bench.times.items())
                 + f"; total {time.time() - t0:.0f} s; peak memory {peak_rss_gb():.1f} GB")

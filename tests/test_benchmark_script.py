@@ -88,3 +88,31 @@ def test_adding_a_seed_reuses_the_cached_fits_of_the_others(tmp_path):
     assert len(second) == 4 and set(first) <= set(second)  # seed 0's two fits were found, not trained again
     results = pd.read_csv(tmp_path / "docs" / "benchmarks" / "results.csv")
     assert sorted(results["seed"]) == [0, 0, 1, 1]
+
+
+def _bench_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("longtail_isic", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_bar_needs_a_margin_over_both_references_and_more_rare_class_recall():
+    def rows(variant, kind, baccs, df):
+        return [{"variant": variant, "method": "ce", "kind": kind, "seed": s,
+                 "balanced_accuracy": b, "recall_DF": df} for s, b in enumerate(baccs)]
+
+    frame = pd.DataFrame(rows("ce", "baseline", [0.50, 0.52, 0.51], 0.30)
+                         + rows("real_oversample", "augmented", [0.51, 0.53, 0.52], 0.32)
+                         + rows("synth_good", "augmented", [0.56, 0.58, 0.57], 0.40)    # +0.05, sd 0.01
+                         + rows("synth_noisy", "augmented", [0.50, 0.66, 0.58], 0.40)   # +0.06, sd 0.08
+                         + rows("synth_flat_df", "augmented", [0.56, 0.58, 0.57], 0.32))  # DF recall ties
+    bar = _bench_module().against_the_bar(frame, "DF").set_index("variant")
+    assert bar.loc["synth_good", "clears the bar"] == "yes"
+    assert bar.loc["synth_noisy", "clears the bar"] == "no"  # the gap is under its own seed sd
+    assert bar.loc["synth_flat_df", "clears the bar"] == "no"
+    assert bar.loc["synth_good", "paired diff vs control"] == "+0.050 ± 0.000 (3/3 up)"
+    assert "real_oversample" not in bar.index and "ce" not in bar.index
+    assert _bench_module().against_the_bar(frame[frame["variant"] != "real_oversample"], "DF").empty
