@@ -212,7 +212,8 @@ class Bench:
     def pool(self, cfg: Config):
         """The synthetic pool for ``cfg``'s generator and generation settings (cached on disk)."""
         ckpt = self.generator(cfg)
-        key = key_of(str(ckpt), cfg.generate, self.deficits)
+        # the checkpoint's place inside --work, not its absolute path: a moved --work keeps its pools
+        key = key_of(Path(ckpt).resolve().relative_to(self.args.work.resolve()).as_posix(), cfg.generate, self.deficits)
         if key not in self.pools:
             t = time.time()
             path = self.args.work / f"pool_{key}.npz"

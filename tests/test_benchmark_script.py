@@ -116,3 +116,23 @@ def test_the_bar_needs_a_margin_over_both_references_and_more_rare_class_recall(
     assert bar.loc["synth_good", "paired diff vs control"] == "+0.050 ± 0.000 (3/3 up)"
     assert "real_oversample" not in bar.index and "ce" not in bar.index
     assert _bench_module().against_the_bar(frame[frame["variant"] != "real_oversample"], "DF").empty
+
+
+@pytest.mark.slow
+def test_a_moved_work_folder_keeps_its_synthetic_pools(tmp_path):
+    root = make_demo_dataset(tmp_path / "isic", total=240, imbalance=2.0, size=16)
+    sets = ["data.root=" + str(root), "data.imbalance_ratio=5", "data.val_per_class=3", "data.test_per_class=3",
+            "classifier.methods=[ce]", "classifier.seeds=[0]", "classifier.epochs=1", "classifier.backbone=resnet10t",
+            "diffusion.train_steps=2", "diffusion.block_out_channels=[16, 32]", "generate.steps=2"]
+
+    def run(work):
+        cmd = [sys.executable, str(SCRIPT), "--sizes", "16", *[a for s in sets for a in ("--set", s)],
+               "--variants", "synth_threshold", "--work", str(work), "--out", str(tmp_path / "docs" / "b.md")]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return {p.name: p.stat().st_mtime_ns for p in work.glob("pool_*.npz")}
+
+    first = run(tmp_path / "work")
+    assert len(first) == 1
+    (tmp_path / "work").rename(tmp_path / "moved")
+    assert run(tmp_path / "moved") == first  # found under the same key, not generated again
