@@ -116,6 +116,8 @@ def test_the_bar_needs_a_margin_over_both_references_and_more_rare_class_recall(
     assert bar.loc["synth_good", "paired diff vs control"] == "+0.050 ± 0.000 (3/3 up)"
     assert "real_oversample" not in bar.index and "ce" not in bar.index
     assert _bench_module().against_the_bar(frame[frame["variant"] != "real_oversample"], "DF").empty
+    one_seed = frame[(frame["seed"] == 0) | (frame["variant"] != "real_oversample")]  # a control without a spread
+    assert _bench_module().against_the_bar(one_seed, "DF").set_index("variant").loc["synth_good", "clears the bar"] == "no"
 
 
 @pytest.mark.slow
