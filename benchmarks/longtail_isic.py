@@ -128,13 +128,17 @@ class Bench:
         self.train, val, test = d.split("train"), d.split("val"), d.split("test")
         self.val, self.test = (val.images, val.labels), (test.images, test.labels)
         counts = np.bincount(self.train.labels, minlength=len(d.classes))
-        self.deficits = class_deficits(self.train.labels, d.classes, self.cfg.generate)
+        self.deficits = self.deficits_for(self.cfg)
         self.tail = sorted(self.deficits)
         self.log(f"\ntraining counts (imbalance {self.cfg.data.imbalance_ratio:g}): "
                  + ", ".join(f"{d.classes[c]} {counts[c]}" for c in np.argsort(-counts))
                  + f"; val {len(val.labels)} ({self.cfg.data.val_per_class}/class), test {len(test.labels)} "
                  f"({self.cfg.data.test_per_class}/class)")
         self.timed("data", t)
+
+    def deficits_for(self, cfg: Config) -> dict:
+        """The images each tail class lacks under ``cfg.generate`` (a variant may set its own target)."""
+        return class_deficits(self.train.labels, self.data.classes, cfg.generate)
 
     def fit(self, variant: str, cfg: Config, method: str, train: TrainingSet, seed: int):
         fit = self.cached_fit(cfg, method, train, seed)
@@ -213,7 +217,8 @@ class Bench:
         """The synthetic pool for ``cfg``'s generator and generation settings (cached on disk)."""
         ckpt = self.generator(cfg)
         # the checkpoint's place inside --work, not its absolute path: a moved --work keeps its pools
-        key = key_of(Path(ckpt).resolve().relative_to(self.args.work.resolve()).as_posix(), cfg.generate, self.deficits)
+        deficits = self.deficits_for(cfg)
+        key = key_of(Path(ckpt).resolve().relative_to(self.args.work.resolve()).as_posix(), cfg.generate, deficits)
         if key not in self.pools:
             t = time.time()
             path = self.args.work / f"pool_{key}.npz"
@@ -222,7 +227,7 @@ class Bench:
                 pool = read_table(path.with_suffix(".csv")), z["images"], z["masks"]
             else:
                 pool = generate_in_memory(ckpt, self.train.frame, self.train.images, self.train.masks,
-                                          self.data.classes, self.deficits, cfg.generate)
+                                          self.data.classes, deficits, cfg.generate)
                 with atomic_path(path) as tmp, open(tmp, "wb") as f:
                     np.savez(f, images=pool[1], masks=pool[2])
                 write_csv(path.with_suffix(".csv"), pool[0])
@@ -240,7 +245,8 @@ class Bench:
         labels = plan["label"].to_numpy()
         model = self.feature_model(cfg)
         table, cal = select_synthetic(model, (self.train.images, self.train.labels), self.val, images, labels,
-                                      plan["context_index"].to_numpy(), self.deficits, cfg.select, self.data.classes)
+                                      plan["context_index"].to_numpy(), self.deficits_for(cfg), cfg.select,
+                                      self.data.classes)
         classes = self.data.classes
         pred, val_pred = model.predict_proba(images).argmax(1), model.predict_proba(self.val[0]).argmax(1)
         row = {"variant": name}
@@ -292,7 +298,7 @@ class Bench:
             train = TrainingSet.real(x, y)
         t = time.time()
         for seed in cfg.classifier.seeds:
-            self.fit(name, cfg, method, train or with_repeated_real(x, y, self.deficits, seed), seed)
+            self.fit(name, cfg, method, train or with_repeated_real(x, y, self.deficits_for(cfg), seed), seed)
         self.timed("augmented", t)
 
 

@@ -25,6 +25,7 @@ def test_benchmark_writes_its_tables_and_grid(tmp_path):
            "synth_same:generate.context_classes=same,generate.strength=0.5",
            "synth_half:select.method=none,select.fill_fraction=0.5",
            "synth_share:select.method=none,classifier.synthetic_share=0.5",
+           "synth_max:select.method=none,generate.target=max", "real_oversample_max:generate.target=max",
            "real_crt:classifier.retrain_head=true,classifier.head_epochs=1",
            "synth_translate:generate.strength=0.5,classifier.soft_labels=true,select.method=none",
            "synth_latent:diffusion.space=latent,autoencoder.block_out_channels=[8, 16],autoencoder.train_steps=2,"
@@ -46,10 +47,12 @@ def test_benchmark_writes_its_tables_and_grid(tmp_path):
     assert n_syn["synth_keep0.5"] <= n_syn["synth_threshold"] <= n_syn["synth_none"]  # the product's filters stack
     assert n_syn["synth_share"] == n_syn["synth_none"]  # the share changes how often they are drawn, not which
     assert n_syn["real_crt"] == 0 and n_syn["real_oversample"] == n_syn["synth_none"]
-    # a pixel generator with three pools (same-class SDEdit and translation differ), reused by later variants,
+    # a variant's own generate.target sets its deficits: filling to the largest class needs more images
+    assert n_syn["synth_max"] > n_syn["synth_none"] and n_syn["real_oversample_max"] > n_syn["real_oversample"]
+    # a pixel generator with four pools (same-class SDEdit, translation and target max differ), reused by later variants,
     # and a latent one
     assert len(list((tmp_path / "work").glob("generator_*"))) == 2  # pixel and latent
-    assert len(list((tmp_path / "work").glob("pool_*.npz"))) == 4
+    assert len(list((tmp_path / "work").glob("pool_*.npz"))) == 5  # + the larger pool of synth_max
     assert "validation reconstruction PSNR" in text
     # the hand-written findings go on top when the doc is rebuilt from the saved sections
     (out.parent / "benchmarks" / "findings.md").write_text("## Findings\n\nhand-written\n")
