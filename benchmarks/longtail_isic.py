@@ -48,7 +48,7 @@ import pandas as pd
 import yaml
 
 from tailfill.autoencoder import load_vae, reconstruction_psnr, train_autoencoder
-from tailfill.classify import FitResult, TrainedClassifier, fit_and_score
+from tailfill.classify import FitResult, TrainedClassifier, fit_and_score, score
 from tailfill.config import Config, config_from_dict, load_config
 from tailfill.data import prepare_dataset
 from tailfill.diffusion import train_diffusion
@@ -158,19 +158,33 @@ class Bench:
             if part is not None:
                 digest.update(np.ascontiguousarray(part).tobytes())
         # the run's lists (methods, seeds) and augmented_method do not decide one fit: adding a seed reuses the
-        # rest; unset (None) options are left out, so a new option does not orphan the fits cached before it
-        one_fit = dataclasses.replace(cfg.classifier, methods=[], seeds=[], augmented_method="")
+        # rest; unset (None) options are left out, so a new option does not orphan the fits cached before it.
+        # tta does not change training either: a fit is trained and cached on one view, then re-scored with it
+        one_fit = dataclasses.replace(cfg.classifier, methods=[], seeds=[], augmented_method="", tta=None)
         settings = {k: v for k, v in dataclasses.asdict(one_fit).items() if v is not None}
         out = self.args.work / "fits" / key_of(settings, cfg.seed, method, seed, digest.hexdigest())
         if (out / "fit.json").is_file():
             info = json.loads((out / "fit.json").read_text())
-            return FitResult(TrainedClassifier.load(out / "model"), info["val"], info["test"],
-                             np.load(out / "test_proba.npy"), info["seconds"])
-        fit = fit_and_score(train, self.val, self.test, self.data.classes, method, cfg.classifier, seed, "cpu")
-        fit.model.save(out / "model", cfg.classifier.backbone)
-        np.save(out / "test_proba.npy", fit.test_proba)
-        write_text(out / "fit.json", json.dumps({"val": fit.val, "test": fit.test, "seconds": fit.seconds},
-                                                default=float))  # written last: marks the fit complete
+            fit = FitResult(TrainedClassifier.load(out / "model"), info["val"], info["test"],
+                            np.load(out / "test_proba.npy"), info["seconds"])
+        else:
+            one_view = dataclasses.replace(cfg.classifier, tta=False)
+            fit = fit_and_score(train, self.val, self.test, self.data.classes, method, one_view, seed, "cpu")
+            fit.model.save(out / "model", cfg.classifier.backbone)
+            np.save(out / "test_proba.npy", fit.test_proba)
+            write_text(out / "fit.json", json.dumps({"val": fit.val, "test": fit.test, "seconds": fit.seconds},
+                                                    default=float))  # written last: marks the fit complete
+        return self.with_tta(fit, out) if cfg.classifier.tta else fit
+
+    def with_tta(self, fit: FitResult, out: Path) -> FitResult:
+        """``fit`` scored as the product scores with ``classifier.tta`` (cached beside the fit)."""
+        fit.model.tta = True
+        if (out / "tta.json").is_file():
+            info = json.loads((out / "tta.json").read_text())
+            return FitResult(fit.model, info["val"], info["test"], np.load(out / "test_proba_tta.npy"), fit.seconds)
+        fit = score(fit.model, self.val, self.test, self.data.classes, fit.seconds)
+        np.save(out / "test_proba_tta.npy", fit.test_proba)
+        write_text(out / "tta.json", json.dumps({"val": fit.val, "test": fit.test}, default=float))
         return fit
 
     def baselines(self) -> None:
@@ -427,7 +441,8 @@ def main():
         c, dcfg, g = cfg.classifier, cfg.diffusion, cfg.generate
         log(f"## {bench.tag}\n\nProduced by `python benchmarks/longtail_isic.py " + " ".join(sys.argv[1:])
             + f"`. Data {cfg.data.kind} at {cfg.data.root}; classifier {c.backbone} "
-            f"({'pretrained' if c.pretrained else 'from scratch'}), {c.epochs} epochs; generator "
+            f"({'pretrained' if c.pretrained else 'from scratch'}), {c.epochs} epochs"
+            f"{', scored on 8 views (classifier.tta)' if c.tta else ''}; generator "
             f"{dcfg.block_out_channels} UNet, {dcfg.train_steps} steps; sampler {g.sampler} x{g.steps}, guidance "
             f"{g.guidance_scale}, contexts {g.context_classes}, strength {g.strength}; oversample x{g.oversample}; "
             f"seeds {c.seeds}. Variants: " + ", ".join(f"`{v}`" for v in variants) + ".")

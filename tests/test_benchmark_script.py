@@ -77,8 +77,8 @@ def test_adding_a_seed_reuses_the_cached_fits_of_the_others(tmp_path):
     sets = ["data.root=" + str(root), "data.imbalance_ratio=5", "data.val_per_class=3", "data.test_per_class=3",
             "classifier.methods=[ce]", "classifier.epochs=1", "classifier.backbone=resnet10t"]
 
-    def run(seeds):
-        cmd = [sys.executable, str(SCRIPT), "--sizes", "16", *[a for s in sets for a in ("--set", s)],
+    def run(seeds, *extra):
+        cmd = [sys.executable, str(SCRIPT), "--sizes", "16", *[a for s in [*sets, *extra] for a in ("--set", s)],
                "--set", f"classifier.seeds={seeds}", "--variants", "real_oversample",
                "--work", str(tmp_path / "work"), "--out", str(tmp_path / "docs" / "b.md")]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -91,6 +91,12 @@ def test_adding_a_seed_reuses_the_cached_fits_of_the_others(tmp_path):
     assert len(second) == 4 and set(first) <= set(second)  # seed 0's two fits were found, not trained again
     results = pd.read_csv(tmp_path / "docs" / "benchmarks" / "results.csv")
     assert sorted(results["seed"]) == [0, 0, 1, 1]
+    # test-time augmentation changes the scoring, not the training: the same four fits, re-scored on 8 views
+    assert run("[0, 1]", "classifier.tta=true") == second
+    fits = list((tmp_path / "work" / "fits").iterdir())
+    assert all((f / "tta.json").is_file() and not (f / "model" / "config.json").read_text().count('"tta": true')
+               for f in fits)  # the cached model stays the one-view fit; its TTA scores are kept beside it
+    assert len(pd.read_csv(tmp_path / "docs" / "benchmarks" / "results.csv")) == 4
 
 
 def _bench_module():

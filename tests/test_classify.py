@@ -120,3 +120,36 @@ def test_input_size_too_small_is_refused_by_the_config_check():
     with pytest.raises(ValueError, match="classifier.input_size"):
         load_config(None, ["classifier.input_size=4"])
     assert load_config(None, ["classifier.input_size=128"]).classifier.input_size == 128
+
+
+def test_dihedral_views_are_the_eight_flips_and_quarter_turns():
+    from tailfill.classify import dihedral
+
+    x = torch.arange(9.0).view(1, 1, 3, 3)  # no symmetry: every view is a different array
+    views = [dihedral(x, v) for v in range(8)]
+    assert torch.equal(views[0], x)
+    assert len({tuple(v.flatten().tolist()) for v in views}) == 8
+
+
+def test_tta_averages_the_eight_views_and_travels_with_the_weights(tmp_path, rng):
+    from tailfill.classify import fit_and_score
+    from tailfill.mixing import TrainingSet
+
+    x, y = _blobs(rng, 60, size=16)
+    x[:, :8] = 0  # the top half dark: a lesion's orientation changes what the network sees
+    cfg = ClassifierConfig(backbone="resnet10t", epochs=1, batch_size=32, tta=True)
+    fit = fit_and_score(TrainingSet.real(x, y), (x, y), (x[:20], y[:20]), ["a", "b", "c"], "ce", cfg, 0, "cpu")
+    model = fit.model
+    assert model.tta
+    one = [model.logits(x[:20], view=v) for v in range(8)]
+    assert not np.allclose(one[0], one[1], atol=1e-4)  # the views do differ
+    softmax = [np.exp(z - z.max(1, keepdims=True)) / np.exp(z - z.max(1, keepdims=True)).sum(1, keepdims=True)
+               for z in one]
+    np.testing.assert_allclose(fit.test_proba, np.mean(softmax, axis=0), atol=1e-5)
+    model.save(tmp_path, "resnet10t")
+    again = TrainedClassifier.load(tmp_path)
+    assert again.tta
+    np.testing.assert_allclose(again.predict_proba(x[:20]), fit.test_proba, atol=1e-5)
+    # without it, one view: the probabilities of the images as they are
+    model.tta = False
+    np.testing.assert_allclose(model.predict_proba(x[:20]), softmax[0], atol=1e-5)

@@ -137,6 +137,12 @@ class Classifier(nn.Module):
         self.head.load_state_dict(head)
 
 
+def dihedral(x: torch.Tensor, view: int) -> torch.Tensor:
+    """View 0-7 of a (N, C, H, W) batch: ``view % 4`` quarter turns, mirrored when ``view >= 4``."""
+    x = torch.rot90(x, view % 4, (2, 3))
+    return x.flip(3) if view >= 4 else x
+
+
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Per-sample flips, 90-degree turns, shift (reflect pad + crop) and brightness on a float batch."""
     n, _, h, w = x.shape
@@ -214,15 +220,17 @@ class TrainedClassifier:
     history: list
     input_size: int | None = None  # the side of the images it was trained on (the network's: model.input_size)
     rank_digests: list | None = None  # weights hash of each process's copy after training (equal under DDP)
+    tta: bool = False  # predict_proba averages the 8 dihedral views (classifier.tta)
 
     @torch.inference_mode()
-    def logits(self, images_u8: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    def logits(self, images_u8: np.ndarray, batch_size: int = 256, view: int = 0) -> np.ndarray:
+        """Logits of ``images_u8`` seen as dihedral ``view`` (0: as they are)."""
         self.model.eval()
         device = next(self.model.parameters()).device
         out = []
         for i in range(0, len(images_u8), batch_size):
             x = self.model.preprocess(torch.as_tensor(np.asarray(images_u8[i:i + batch_size])).to(device))
-            z = self.model(x).float()
+            z = self.model(dihedral(x, view)).float()
             if METHODS[self.method].get("head") == "cosine":
                 z = 30.0 * z
             out.append(z.cpu())
@@ -232,10 +240,13 @@ class TrainedClassifier:
         return z
 
     def predict_proba(self, images_u8: np.ndarray) -> np.ndarray:
-        z = self.logits(images_u8)
-        z = z - z.max(axis=1, keepdims=True)
-        p = np.exp(z)
-        return p / p.sum(axis=1, keepdims=True)
+        """Class probabilities; with ``tta`` the mean over the 8 flips and quarter turns."""
+        probas = []
+        for view in range(8 if self.tta else 1):
+            z = self.logits(images_u8, view=view)
+            p = np.exp(z - z.max(axis=1, keepdims=True))
+            probas.append(p / p.sum(axis=1, keepdims=True))
+        return np.mean(probas, axis=0)
 
     @torch.inference_mode()
     def features(self, images_u8: np.ndarray, batch_size: int = 256) -> np.ndarray:
@@ -266,7 +277,7 @@ class TrainedClassifier:
                                "classifier": m.classifier_name},
             "tailfill": {"method": self.method, "head": METHODS[self.method].get("head", "linear"),
                          "image_size": self.input_size, "resize": bool(m.input_size),
-                         "log_prior": self.log_prior.tolist(), "history": self.history,
+                         "log_prior": self.log_prior.tolist(), "tta": self.tta, "history": self.history,
                          "weights_digest_per_rank": self.rank_digests}})
 
     @classmethod
@@ -285,6 +296,7 @@ class TrainedClassifier:
         model.load_timm_state_dict(load_tensors(out_dir / "model.safetensors"))
         out = cls(model.to(device).eval(), info["label_names"], t["method"], np.asarray(t["log_prior"]), t["history"])
         out.input_size = t.get("image_size", size)
+        out.tta = bool(t.get("tta", False))
         return out
 
 
@@ -449,14 +461,20 @@ class FitResult:
     seconds: float
 
 
+def score(model: TrainedClassifier, val: tuple, test: tuple, classes: list, seconds: float = 0.0) -> FitResult:
+    """``model`` scored on the real ``val`` and ``test`` ``(images, labels)``, with its own ``tta`` setting."""
+    (val_x, val_y), (test_x, test_y) = val, test
+    proba = model.predict_proba(test_x)
+    return FitResult(model, classification_metrics(val_y, model.predict_proba(val_x), classes),
+                     classification_metrics(test_y, proba, classes), proba, seconds)
+
+
 def fit_and_score(train, val: tuple, test: tuple, classes: list, method: str, cfg, seed: int = 0,
                   device: str = "auto", tracking=None) -> FitResult:
     """Train one classifier on ``train`` (a :class:`~tailfill.mixing.TrainingSet`) and score it on the real
     ``val`` and ``test`` ``(images, labels)``: the one rule the pipeline and the benchmark both use."""
     t0 = time.time()
-    (val_x, val_y), (test_x, test_y) = val, test
-    model = train_classifier(train.images, train.labels, val_x, val_y, classes, method, cfg, seed, device,
+    model = train_classifier(train.images, train.labels, val[0], val[1], classes, method, cfg, seed, device,
                              synthetic=train.synthetic, soft_labels=train.soft_labels(), tracking=tracking)
-    proba = model.predict_proba(test_x)
-    return FitResult(model, classification_metrics(val_y, model.predict_proba(val_x), classes),
-                     classification_metrics(test_y, proba, classes), proba, time.time() - t0)
+    model.tta = bool(cfg.tta)
+    return score(model, val, test, classes, time.time() - t0)

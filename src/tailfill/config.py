@@ -145,6 +145,9 @@ class ClassifierConfig:
     retrain_head: bool = False         # cRT: then re-train the head on real images only, class-balanced
     head_epochs: int = 10              # epochs of that head re-training
     mixed_precision: Optional[str] = None  # as diffusion.mixed_precision
+    tta: bool = False                  # test-time augmentation: predictions (test scores, predict, submission)
+                                       # average the 8 flips and quarter turns (a lesion has no up); the
+                                       # epoch kept during training is still chosen on one view
 
 
 @dataclass
