@@ -442,6 +442,8 @@ def main():
         log(f"## {bench.tag}\n\nProduced by `python benchmarks/longtail_isic.py " + " ".join(sys.argv[1:])
             + f"`. Data {cfg.data.kind} at {cfg.data.root}; classifier {c.backbone} "
             f"({'pretrained' if c.pretrained else 'from scratch'}), {c.epochs} epochs"
+            f"{f', weights averaged (ema_decay {c.ema_decay})' if c.ema_decay else ''}"
+            f"{f', keeps the {c.keep} epoch' if c.keep else ''}"
             f"{', scored on 8 views (classifier.tta)' if c.tta else ''}; generator "
             f"{dcfg.block_out_channels} UNet, {dcfg.train_steps} steps; sampler {g.sampler} x{g.steps}, guidance "
             f"{g.guidance_scale}, contexts {g.context_classes}, strength {g.strength}; oversample x{g.oversample}; "

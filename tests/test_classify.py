@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from tailfill.classify import METHODS, LongTailLoss, TrainedClassifier, train_classifier
 from tailfill.mixing import draw_probabilities
 from tailfill.config import ClassifierConfig
+from tailfill.evaluate import balanced_accuracy
 
 
 def test_logit_adjusted_loss_is_ce_on_prior_shifted_logits():
@@ -153,3 +154,53 @@ def test_tta_averages_the_eight_views_and_travels_with_the_weights(tmp_path, rng
     # without it, one view: the probabilities of the images as they are
     model.tta = False
     np.testing.assert_allclose(model.predict_proba(x[:20]), softmax[0], atol=1e-5)
+
+
+def test_weight_average_is_the_exponential_moving_average_of_the_weights():
+    from tailfill.classify import WeightAverage
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+    average = WeightAverage(model, decay=0.9)
+    start = {k: v.clone() for k, v in average.module.state_dict().items()}
+    for step in range(1, 4):
+        with torch.no_grad():
+            model[0].weight.fill_(1.0)
+        model[1].num_batches_tracked += 1
+        average.update(model)
+        np.testing.assert_allclose(average.module[0].weight.numpy(), 1 - 0.9 ** step, rtol=1e-6)
+    assert int(average.module[1].num_batches_tracked) == 3  # counters are copied, not averaged
+    torch.testing.assert_close(average.module[1].running_var, start["1.running_var"])  # unchanged ones stay
+    assert not any(p.requires_grad for p in average.module.parameters())
+
+
+@pytest.mark.parametrize("ema_decay", [None, 0.9])
+def test_keep_last_keeps_the_final_weights_and_best_the_best_epoch(rng, ema_decay):
+    x, y = _blobs(rng, 90)
+    vx, vy = _blobs(rng, 30)
+    vy[:10] = (vy[:10] + 1) % 3  # noisy labels: the validation score moves from epoch to epoch
+    kept = {}
+    for keep in ("best", "last"):
+        cfg = ClassifierConfig(backbone="resnet10t", epochs=4, batch_size=32, lr=3e-3, ema_decay=ema_decay, keep=keep)
+        model = train_classifier(x, y, vx, vy, ["a", "b", "c"], "ce", cfg, seed=0, device="cpu")
+        scores = [h["val_balanced_accuracy"] for h in model.history]
+        now = balanced_accuracy(vy, model.logits(vx).argmax(1), 3)
+        assert now == pytest.approx(max(scores) if keep == "best" else scores[-1])
+        kept[keep] = model.model.state_dict()
+    if ema_decay:  # the same training: averaged weights differ from the last step's
+        cfg = ClassifierConfig(backbone="resnet10t", epochs=4, batch_size=32, lr=3e-3, keep="last")
+        plain = train_classifier(x, y, vx, vy, ["a", "b", "c"], "ce", cfg, seed=0, device="cpu").model.state_dict()
+        assert not torch.allclose(plain["head.weight"], kept["last"]["head.weight"])
+
+
+def test_weight_average_and_keep_are_checked():
+    from tailfill.config import load_config
+
+    with pytest.raises(ValueError, match="classifier.ema_decay"):
+        load_config(None, ["classifier.ema_decay=1.5"])
+    with pytest.raises(ValueError, match="classifier.keep"):
+        load_config(None, ["classifier.keep=first"])
+    c = load_config(None, ["classifier.ema_decay=0.98", "classifier.keep=last"]).classifier
+    assert (c.ema_decay, c.keep) == (0.98, "last")

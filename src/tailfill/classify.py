@@ -20,6 +20,7 @@ that corrects for imbalance corrects for the imbalance that is really there.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import time
@@ -135,6 +136,24 @@ class Classifier(nn.Module):
         if isinstance(self.head, CosineHead):
             head.pop("bias", None)
         self.head.load_state_dict(head)
+
+
+class WeightAverage:
+    """Exponential moving average of a model's weights (Polyak averaging, timm's ModelEma): a smoother model than
+    the last step's, so what is kept depends less on the last few batches and on epoch-to-epoch noise."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay, self.module = decay, copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for avg, now in zip(self.module.state_dict().values(), model.state_dict().values()):
+            if avg.dtype.is_floating_point:  # parameters and BatchNorm statistics; counters are copied
+                avg.lerp_(now.detach().to(avg.dtype), 1 - self.decay)
+            else:
+                avg.copy_(now)
 
 
 def dihedral(x: torch.Tensor, view: int) -> torch.Tensor:
@@ -304,7 +323,9 @@ def train_classifier(train_images: np.ndarray, train_labels: np.ndarray, val_ima
                      val_labels: np.ndarray, classes: list, method: str, cfg, seed: int = 0,
                      device: str = "auto", synthetic: np.ndarray | None = None,
                      soft_labels: tuple | None = None, tracking=None) -> TrainedClassifier:
-    """Train with ``method`` and keep the epoch with the best *validation* balanced accuracy.
+    """Train with ``method`` and keep the epoch with the best *validation* balanced accuracy (``cfg.keep``:
+    ``last`` keeps the final weights). With ``cfg.ema_decay`` it is the moving average of the weights that is
+    validated and kept.
 
     ``cfg`` is a :class:`~tailfill.config.ClassifierConfig`. ``synthetic`` marks generated training
     images: their share of each class's draws is capped by ``cfg.synthetic_share`` and their loss
@@ -346,6 +367,8 @@ def train_classifier(train_images: np.ndarray, train_labels: np.ndarray, val_ima
         lam_t = torch.as_tensor(np.asarray(soft_labels[1]), dtype=torch.float32)
     log_prior = np.log(counts / counts.sum())
     result = TrainedClassifier(accelerator.unwrap_model(model), list(classes), method, log_prior, [])
+    average = WeightAverage(result.model, cfg.ema_decay) if cfg.ema_decay else None
+    judged = result if average is None else dataclasses.replace(result, model=average.module)  # what is validated
     best, best_state = -1.0, None
     bar = progress(cfg.epochs * steps_per_epoch, f"classifier {method} seed {seed}", "batch",
                    disable=not accelerator.is_main_process)
@@ -377,9 +400,11 @@ def train_classifier(train_images: np.ndarray, train_labels: np.ndarray, val_ima
             accelerator.backward(loss)
             opt.step()
             sched.step()
+            if average is not None:
+                average.update(result.model)
             losses.append(loss.item())
             bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.4f}")
-        val_bacc = balanced_accuracy(val_labels, result.logits(val_images).argmax(1), num_classes)
+        val_bacc = balanced_accuracy(val_labels, judged.logits(val_images).argmax(1), num_classes)
         result.history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_balanced_accuracy": val_bacc,
                                "seconds": time.time() - t0})
         accelerator.log({"train/loss": float(np.mean(losses)), "val/balanced_accuracy": val_bacc,
@@ -387,8 +412,8 @@ def train_classifier(train_images: np.ndarray, train_labels: np.ndarray, val_ima
         if accelerator.is_main_process:
             log.info("%s seed %d epoch %d/%d: loss %.4f, val balanced accuracy %.3f (%.0f s)", method, seed, epoch + 1,
                      cfg.epochs, np.mean(losses), val_bacc, time.time() - t0)
-        if val_bacc > best:
-            best, best_state = val_bacc, copy.deepcopy(result.model.state_dict())
+        if val_bacc > best or cfg.keep == "last":
+            best, best_state = val_bacc, copy.deepcopy(judged.model.state_dict())
     bar.close()
     finish_tracking(accelerator)
     result.rank_digests = digests_per_rank(result.model)  # DDP check: one value when the ranks are in sync

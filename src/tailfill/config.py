@@ -148,6 +148,10 @@ class ClassifierConfig:
     tta: bool = False                  # test-time augmentation: predictions (test scores, predict, submission)
                                        # average the 8 flips and quarter turns (a lesion has no up); the
                                        # epoch kept during training is still chosen on one view
+    ema_decay: Optional[float] = None  # a moving average of the weights (Polyak; timm's --model-ema), e.g. 0.98
+                                       # (~50 steps): the averaged weights are validated, kept, saved (null: off)
+    keep: Optional[str] = None         # the weights kept: best (null) = the epoch of best validation balanced
+                                       # accuracy; last = the final ones (no selection on a small val set)
 
 
 @dataclass
@@ -307,6 +311,9 @@ def validate(cfg: Config) -> None:
     check(c.synthetic_share is None or 0 <= c.synthetic_share <= 1, "classifier.synthetic_share in [0, 1]")
     check(c.input_size is None or c.input_size >= 8, "classifier.input_size >= 8 (or null: the data's size)")
     check(c.synthetic_loss_weight > 0, "classifier.synthetic_loss_weight > 0")
+    check(c.ema_decay is None or 0 < c.ema_decay < 1, "classifier.ema_decay in (0, 1) (or null: no averaging)")
+    if c.keep is not None:
+        one_of(c.keep, ["best", "last"], "classifier.keep")
     for key, mp in (("diffusion", cfg.diffusion.mixed_precision), ("classifier", c.mixed_precision)):
         check(mp is None or mp in ("no", "fp16", "bf16"), f"{key}.mixed_precision is no, fp16, bf16 or null")
     one_of(cfg.diffusion.space, ("pixel", "latent"), "diffusion.space")
