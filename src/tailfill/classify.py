@@ -140,7 +140,9 @@ class Classifier(nn.Module):
 
 class WeightAverage:
     """Exponential moving average of a model's weights (Polyak averaging, timm's ModelEma): a smoother model than
-    the last step's, so what is kept depends less on the last few batches and on epoch-to-epoch noise."""
+    the last step's, so what is kept depends less on the last few batches and on epoch-to-epoch noise. Unlike the
+    generator's ``training.ema_update`` it averages the BatchNorm statistics too (the UNet has none), and has no
+    warm-up: a classifier trains a few hundred steps, and the warm-up would cap 0.98 at ~0.95 for all of them."""
 
     def __init__(self, model: nn.Module, decay: float):
         self.decay, self.module = decay, copy.deepcopy(model).eval()
