@@ -17,10 +17,14 @@ Per image size (``--sizes``):
    - ``real_oversample...``: each tail class's deficit filled by repeating its own real images (the
      control: a synthetic variant has to beat it to show that generated images add information);
    - ``real...``: nothing (e.g. a two-stage recipe on real data only, the control for cRT);
+   - ``pool...``: no classifier at all: only the pool's diagnostics (3.), to draw a generator's curve
+     (size, steps, guidance) at the cost of generation alone;
    generators and synthetic pools are trained/generated once per distinct setting and cached in
    ``--work``, so variants that differ only in selection or training share them; so is every classifier
    fit, by its own settings, seed and training images (not the run's seed list: adding seeds trains only
-   the new ones);
+   the new ones); a generator that differs from a finished one only by more ``diffusion.train_steps``
+   resumes from it (batches and noise are seeded by step and the learning rate is constant, so that *is*
+   the longer run), which makes a steps curve cost its longest point;
 3. diagnostics per pool: realism (AUROC real held-out vs synthetic by OOD score, per class), class
    fidelity (how often the feature classifier calls a synthetic image its own class, vs real held-out
    images), the selection funnel, and an image grid per tail class.
@@ -39,6 +43,7 @@ import dataclasses
 import hashlib
 import json
 import resource
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -54,7 +59,7 @@ from tailfill.data import prepare_dataset
 from tailfill.diffusion import train_diffusion
 from tailfill.evaluate import best_method, bootstrap_ci, metrics_record, results_table
 from tailfill.generate import class_deficits, generate_in_memory
-from tailfill.io import atomic_path, read_table, write_csv, write_text
+from tailfill.io import atomic_dir, atomic_path, read_table, write_csv, write_text
 from tailfill.mixing import TrainingSet, synthetic_labels, with_repeated_real, with_synthetic
 from tailfill.ood import select_synthetic
 from tailfill.report import image_grid, mask_rgb, to_markdown
@@ -86,8 +91,8 @@ def parse_variant(spec: str) -> tuple[str, list[str]]:
             cur += ch
     if cur:
         overrides.append(cur)
-    if not name.startswith(("synth", "real")):
-        raise SystemExit(f"variant {spec!r}: the name must start with synth, real_oversample or real")
+    if not name.startswith(("synth", "real", "pool")):
+        raise SystemExit(f"variant {spec!r}: the name must start with synth, real_oversample, real or pool")
     return name, overrides
 
 
@@ -215,17 +220,36 @@ class Bench:
                      f"validation reconstruction PSNR {self.psnr[key]:.2f} dB")
         return vae
 
+    def generator_dir(self, cfg: Config, diffusion=None) -> Path:
+        diffusion = diffusion or cfg.diffusion
+        return self.args.work / ("generator_" + key_of(diffusion, cfg.autoencoder if diffusion.space == "latent" else None,
+                                                       cfg.data.image_size, self.cfg.data, cfg.seed))
+
     def generator(self, cfg: Config) -> Path:
-        key = key_of(cfg.diffusion, cfg.autoencoder if cfg.diffusion.space == "latent" else None,
-                     cfg.data.image_size, self.cfg.data, cfg.seed)
-        if key not in self.generators:
+        out = self.generator_dir(cfg)
+        if out not in self.generators:
             vae = self.autoencoder(cfg)
             t = time.time()
-            self.generators[key] = train_diffusion(self.train.images, self.train.labels, self.train.masks,
-                                                   len(self.data.classes), cfg.diffusion,
-                                                   self.args.work / f"generator_{key}", cfg.seed, "cpu", vae=vae)
+            self.warm_start(cfg, out)
+            self.generators[out] = train_diffusion(self.train.images, self.train.labels, self.train.masks,
+                                                   len(self.data.classes), cfg.diffusion, out, cfg.seed, "cpu",
+                                                   vae=vae)
             self.timed("diffusion", t)
-        return self.generators[key]
+        return self.generators[out]
+
+    def warm_start(self, cfg: Config, out: Path) -> None:
+        """Seed ``out`` with the checkpoint of the longest finished run of the same generator with fewer steps:
+        ``train_diffusion`` resumes from it and follows the path an uninterrupted run would."""
+        if (out / "checkpoint" / "state.pt").is_file():
+            return
+        for steps in range(cfg.diffusion.train_steps - 1, 0, -1):
+            done = self.generator_dir(cfg, dataclasses.replace(cfg.diffusion, train_steps=steps))
+            if (done / "train_info.json").is_file():
+                with atomic_dir(out / "checkpoint") as tmp:
+                    shutil.copytree(done / "checkpoint", tmp, dirs_exist_ok=True)
+                self.log(f"\ngenerator {cfg.diffusion.block_out_channels}, {cfg.diffusion.train_steps} steps: resumed "
+                         f"from the finished {steps}-step run ({done.name})")
+                return
 
     def pool(self, cfg: Config):
         """The synthetic pool for ``cfg``'s generator and generation settings (cached on disk)."""
@@ -263,7 +287,12 @@ class Bench:
                                       self.data.classes)
         classes = self.data.classes
         pred, val_pred = model.predict_proba(images).argmax(1), model.predict_proba(self.val[0]).argmax(1)
-        row = {"variant": name}
+        d, g = cfg.diffusion, cfg.generate
+        info = json.loads((self.generator_dir(cfg) / "train_info.json").read_text())
+        row = {"variant": name, "generator": f"{d.block_out_channels}{' + attention' if d.attention else ''}",
+               "parameters (M)": f"{info['parameters'] / 1e6:.2f}", "steps": d.train_steps,
+               "training s": f"{sum(h['seconds'] for h in info['history']):.0f}",
+               "guidance": f"{g.guidance_scale:g}", "strength": f"{g.strength:g}", "contexts": g.context_classes}
         for c in self.tail:
             sel = labels == c
             row[f"fidelity {classes[c]} (real)"] = (f"{(pred[sel] == c).mean():.2f} "
@@ -303,6 +332,9 @@ class Bench:
         cfg = with_overrides(self.cfg, overrides)
         method = self.best if cfg.classifier.augmented_method == "best" else cfg.classifier.augmented_method
         x, y = self.train.images, self.train.labels
+        if name.startswith("pool"):  # the generator's curve: diagnostics only, no classifier
+            self.selected(name, cfg)
+            return
         if name.startswith("synth"):
             images, labels, soft = self.selected(name, cfg)
             train = with_synthetic(x, y, images, labels, cfg.classifier.synthetic_max_ratio, **soft)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from tailfill.data.demo import make_demo_dataset
 
@@ -147,3 +148,35 @@ def test_a_moved_work_folder_keeps_its_synthetic_pools(tmp_path):
     assert len(first) == 1
     (tmp_path / "work").rename(tmp_path / "moved")
     assert run(tmp_path / "moved") == first  # found under the same key, not generated again
+
+
+@pytest.mark.slow
+def test_a_longer_generator_resumes_from_a_shorter_one_and_pool_variants_train_no_classifier(tmp_path):
+    from safetensors.torch import load_file
+
+    root = make_demo_dataset(tmp_path / "isic", total=240, imbalance=2.0, size=16)
+    sets = ["data.root=" + str(root), "data.imbalance_ratio=5", "data.val_per_class=3", "data.test_per_class=3",
+            "classifier.methods=[ce]", "classifier.seeds=[0]", "classifier.epochs=1", "classifier.backbone=resnet10t",
+            "diffusion.block_out_channels=[16, 32]", "diffusion.checkpoint_every=1", "generate.steps=2"]
+
+    def run(work, *variants):
+        cmd = [sys.executable, str(SCRIPT), "--sizes", "16", *[a for s in sets for a in ("--set", s)],
+               "--variants", *variants, "--work", str(work), "--out", str(tmp_path / "docs" / "b.md")]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout
+
+    log = run(tmp_path / "chain", "pool_short:diffusion.train_steps=2", "pool_long:diffusion.train_steps=4")
+    assert "4 steps: resumed from the finished 2-step run" in log
+    assert len(list((tmp_path / "chain" / "fits").iterdir())) == 1  # the baseline only: pools train no classifier
+    section = (tmp_path / "docs" / "benchmarks" / "section_16px.md").read_text()
+    assert "| pool_short |" in section and "| pool_long |" in section and "realism AUROC" in section
+    run(tmp_path / "fresh", "pool_long:diffusion.train_steps=4")  # the same 4 steps, from scratch
+
+    def weights(work):
+        [ckpt] = [p for p in work.glob("generator_*") if '"steps": 4' in (p / "train_info.json").read_text()]
+        return load_file(ckpt / "checkpoint" / "unet_ema" / "diffusion_pytorch_model.safetensors")
+
+    resumed, fresh = weights(tmp_path / "chain"), weights(tmp_path / "fresh")
+    assert resumed.keys() == fresh.keys()
+    assert all(torch.equal(resumed[k], fresh[k]) for k in fresh)  # resuming is the longer run, not an approximation
