@@ -12,6 +12,21 @@ from tailfill.data.demo import make_demo_dataset
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "longtail_isic.py"
 
 
+def _tiny_sets(root, *extra) -> list:
+    """The smallest settings the script runs with: one baseline, one seed, one epoch, a 2-level UNet."""
+    return ["data.root=" + str(root), "data.imbalance_ratio=5", "data.val_per_class=3", "data.test_per_class=3",
+            "classifier.methods=[ce]", "classifier.seeds=[0]", "classifier.epochs=1", "classifier.backbone=resnet10t",
+            "diffusion.block_out_channels=[16, 32]", "generate.steps=2", *extra]
+
+
+def _run_script(sets, variants, work, out) -> str:
+    cmd = [sys.executable, str(SCRIPT), "--sizes", "16", *[a for s in sets for a in ("--set", s)],
+           "--variants", *variants, "--work", str(work), "--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
 @pytest.mark.slow
 def test_benchmark_writes_its_tables_and_grid(tmp_path):
     root = make_demo_dataset(tmp_path / "isic", total=240, imbalance=2.0, size=32)
@@ -133,15 +148,10 @@ def test_the_bar_needs_a_margin_over_both_references_and_more_rare_class_recall(
 @pytest.mark.slow
 def test_a_moved_work_folder_keeps_its_synthetic_pools(tmp_path):
     root = make_demo_dataset(tmp_path / "isic", total=240, imbalance=2.0, size=16)
-    sets = ["data.root=" + str(root), "data.imbalance_ratio=5", "data.val_per_class=3", "data.test_per_class=3",
-            "classifier.methods=[ce]", "classifier.seeds=[0]", "classifier.epochs=1", "classifier.backbone=resnet10t",
-            "diffusion.train_steps=2", "diffusion.block_out_channels=[16, 32]", "generate.steps=2"]
+    sets = _tiny_sets(root, "diffusion.train_steps=2")
 
     def run(work):
-        cmd = [sys.executable, str(SCRIPT), "--sizes", "16", *[a for s in sets for a in ("--set", s)],
-               "--variants", "synth_threshold", "--work", str(work), "--out", str(tmp_path / "docs" / "b.md")]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr[-3000:]
+        _run_script(sets, ["synth_threshold"], work, tmp_path / "docs" / "b.md")
         return {p.name: p.stat().st_mtime_ns for p in work.glob("pool_*.npz")}
 
     first = run(tmp_path / "work")
@@ -155,16 +165,10 @@ def test_a_longer_generator_resumes_from_a_shorter_one_and_pool_variants_train_n
     from safetensors.torch import load_file
 
     root = make_demo_dataset(tmp_path / "isic", total=240, imbalance=2.0, size=16)
-    sets = ["data.root=" + str(root), "data.imbalance_ratio=5", "data.val_per_class=3", "data.test_per_class=3",
-            "classifier.methods=[ce]", "classifier.seeds=[0]", "classifier.epochs=1", "classifier.backbone=resnet10t",
-            "diffusion.block_out_channels=[16, 32]", "diffusion.checkpoint_every=1", "generate.steps=2"]
+    sets = _tiny_sets(root, "diffusion.checkpoint_every=1")
 
     def run(work, *variants):
-        cmd = [sys.executable, str(SCRIPT), "--sizes", "16", *[a for s in sets for a in ("--set", s)],
-               "--variants", *variants, "--work", str(work), "--out", str(tmp_path / "docs" / "b.md")]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr[-3000:]
-        return done.stdout
+        return _run_script(sets, variants, work, tmp_path / "docs" / "b.md")
 
     log = run(tmp_path / "chain", "pool_short:diffusion.train_steps=2", "pool_long:diffusion.train_steps=4")
     assert "4 steps: resumed from the finished 2-step run" in log
