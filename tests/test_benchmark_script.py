@@ -3,6 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -93,9 +94,9 @@ def test_adding_a_seed_reuses_the_cached_fits_of_the_others(tmp_path):
     sets = ["data.root=" + str(root), "data.imbalance_ratio=5", "data.val_per_class=3", "data.test_per_class=3",
             "classifier.methods=[ce]", "classifier.epochs=1", "classifier.backbone=resnet10t"]
 
-    def run(seeds, *extra):
+    def run(seeds, *extra, variants=("real_oversample",)):
         cmd = [sys.executable, str(SCRIPT), "--sizes", "16", *[a for s in [*sets, *extra] for a in ("--set", s)],
-               "--set", f"classifier.seeds={seeds}", "--variants", "real_oversample",
+               "--set", f"classifier.seeds={seeds}", "--variants", *variants,
                "--work", str(tmp_path / "work"), "--out", str(tmp_path / "docs" / "b.md")]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
@@ -113,6 +114,17 @@ def test_adding_a_seed_reuses_the_cached_fits_of_the_others(tmp_path):
     assert all((f / "tta.json").is_file() and not (f / "model" / "config.json").read_text().count('"tta": true')
                for f in fits)  # the cached model stays the one-view fit; its TTA scores are kept beside it
     assert len(pd.read_csv(tmp_path / "docs" / "benchmarks" / "results.csv")) == 4
+    # cRT re-trains the head of the cached fit without it: two new fits per seed, none of the old re-trained
+    stamps = {f.name: (f / "fit.json").stat().st_mtime_ns for f in fits}
+    crt = run("[0, 1]", variants=("real_oversample", "real_oversample_crt:classifier.retrain_head=true",
+                                  "real_crt:classifier.retrain_head=true,classifier.head_epochs=2"))
+    assert len(crt) == 8 and set(second) <= set(crt)
+    assert all((tmp_path / "work" / "fits" / n / "fit.json").stat().st_mtime_ns == t for n, t in stamps.items())
+    results = pd.read_csv(tmp_path / "docs" / "benchmarks" / "results.csv")
+    secs = results.set_index(["variant", "seed"])["seconds"]
+    for seed in (0, 1):  # its time is the first stage's (the cached fit's) plus the head's
+        assert secs["real_oversample_crt", seed] > secs["real_oversample", seed]
+        assert secs["real_crt", seed] > secs["ce", seed]
 
 
 def _bench_module():
@@ -143,6 +155,56 @@ def test_the_bar_needs_a_margin_over_both_references_and_more_rare_class_recall(
     assert _bench_module().against_the_bar(frame[frame["variant"] != "real_oversample"], "DF").empty
     one_seed = frame[(frame["seed"] == 0) | (frame["variant"] != "real_oversample")]  # a control without a spread
     assert _bench_module().against_the_bar(one_seed, "DF").set_index("variant").loc["synth_good", "clears the bar"] == "no"
+
+
+def test_each_synthetic_variant_is_judged_against_the_strongest_control_of_its_recipe():
+    bench = _bench_module()
+    controls = bench.matched_controls({
+        "real_oversample": [], "real_oversample_t100": ["generate.target=100"],
+        "real_oversample_crt": ["classifier.retrain_head=true"], "real_crt": ["classifier.retrain_head=true"],
+        "synth_a": ["generate.strength=0.5", "classifier.synthetic_share=0.5"],   # synthetic-only knobs: no recipe
+        "synth_crt": ["classifier.synthetic_share=0.5", "classifier.retrain_head=true"],
+        "synth_lr": ["classifier.lr=1e-3"]})
+    assert controls == {"synth_a": ["real_oversample", "real_oversample_t100"],
+                        "synth_crt": ["real_oversample_crt", "real_crt"], "synth_lr": []}
+
+    def rows(variant, kind, baccs, df=0.3):
+        return [{"variant": variant, "method": "ce", "kind": kind, "seed": s,
+                 "balanced_accuracy": b, "recall_DF": df} for s, b in enumerate(baccs)]
+
+    frame = pd.DataFrame(rows("ce", "baseline", [0.50, 0.52, 0.51]) + rows("real_oversample", "augmented", [0.51, 0.53, 0.52])
+                         + rows("real_oversample_crt", "augmented", [0.52, 0.54, 0.53])
+                         + rows("real_crt", "augmented", [0.565, 0.585, 0.575])
+                         + rows("synth_a", "augmented", [0.57, 0.59, 0.58], 0.4)
+                         + rows("synth_crt", "augmented", [0.57, 0.59, 0.58], 0.4)
+                         + rows("synth_lr", "augmented", [0.57, 0.59, 0.58], 0.4))
+    bar = bench.against_the_bar(frame, "DF", controls).set_index("variant")
+    assert bar.loc["synth_a", "control"] == "real_oversample" and bar.loc["synth_a", "clears the bar"] == "yes"
+    # the stronger of the two real-only cRT rows is the control, and it is within the margin
+    assert bar.loc["synth_crt", "control"] == "real_crt" and bar.loc["synth_crt", "clears the bar"] == "no"
+    assert "synth_lr" not in bar.index  # no control trained with its settings: not judged
+
+
+def test_seed_ensembles_compare_the_mean_probability_of_each_rows_seeds(rng):
+    bench = _bench_module()
+    classes = ["NV", "DF"]
+    y = np.repeat([0, 1], 40)
+    right, wrong = np.eye(2)[y], np.eye(2)[1 - y]
+
+    def seeds(p_right):  # each seed right on a random share p_right of the images
+        return [np.where(rng.random((80, 1)) < p_right, right, wrong) * 0.8 + 0.1 for _ in range(3)]
+
+    probas = {"ce": seeds(0.6), "real_oversample": seeds(0.6), "synth_a": seeds(0.7)}
+    frame = pd.DataFrame([{"variant": v, "method": "ce", "kind": "baseline" if v == "ce" else "augmented", "seed": s,
+                           "balanced_accuracy": float(np.mean(p.argmax(1) == y))}
+                          for v, ps in probas.items() for s, p in enumerate(ps)])
+    table = bench.seed_ensembles(frame, classes, "DF", y, probas).set_index("variant")
+    assert list(table.index) == ["synth_a"] and table.loc["synth_a", "seeds"] == 3
+    ens = float(np.mean(np.mean(probas["synth_a"], 0).argmax(1) == y))
+    assert table.loc["synth_a", "ensemble"].startswith(f"{ens:.3f}")
+    assert table.loc["synth_a", "control"].startswith("real_oversample: ")
+    diff = table.loc["synth_a", "diff vs control [95% CI], P(>0)"]
+    assert float(diff.split(" ")[0]) > 0  # three 70 % seeds vote better than three 60 % ones
 
 
 @pytest.mark.slow

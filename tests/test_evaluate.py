@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score
 
-from tailfill.evaluate import bootstrap_ci, classification_metrics, mean_ci, submission_frame
+from tailfill.evaluate import (bootstrap_ci, bootstrap_difference, classification_metrics, mean_ci, seed_ensemble,
+                               submission_frame)
 
 
 def test_metrics_match_sklearn(rng):
@@ -60,3 +61,37 @@ def test_summary_intervals_are_bootstrap_and_clipped():
     b = summarise(results, predictions={"m": probas}, y_true=y, classes=["a", "b"], n_boot=200)["m"]
     assert b["interval"] == INTERVAL and 0.0 <= b["recall_b"]["low"] < b["recall_b"]["high"] <= 1.0
     assert b["balanced_accuracy"]["mean"] == pytest.approx(0.95)
+
+
+def test_seed_ensemble_is_the_mean_probability_and_can_fix_what_each_seed_gets_wrong():
+    a = np.array([[0.9, 0.1], [0.45, 0.55], [0.3, 0.7]])   # wrong on image 1
+    b = np.array([[0.45, 0.55], [0.9, 0.1], [0.3, 0.7]])   # wrong on image 0
+    np.testing.assert_allclose(seed_ensemble([a, b]), (a + b) / 2)
+    y = np.array([0, 0, 1])
+    assert [int((p.argmax(1) == y).sum()) for p in (a, b, seed_ensemble([a, b]))] == [2, 2, 3]
+    # the evaluate stage's summary scores the seeds as one model too (balanced accuracy 0.75 each, 1.0 together)
+    import pandas as pd
+
+    from tailfill.evaluate import summarise
+    from tailfill.report import summary_table
+
+    results = pd.DataFrame({"model": ["m", "m"], "balanced_accuracy": [0.75, 0.75], "macro_f1": [0.7, 0.7],
+                            "recall_a": [0.5, 0.5], "recall_b": [1.0, 1.0]})
+    summary = summarise(results, predictions={"m": [a, b]}, y_true=y, classes=["a", "b"], n_boot=50)
+    assert summary["m"]["ensemble"]["balanced_accuracy"] == 1.0 and summary["m"]["ensemble"]["recall_a"] == 1.0
+    assert summary_table(summary, ["a", "b"]).loc[0, "ensemble_balanced_acc"] == "1.000"
+    one_seed = summarise(results.iloc[:1], predictions={"m": [a]}, y_true=y, classes=["a", "b"], n_boot=50)
+    assert "ensemble" not in one_seed["m"] and "ensemble_balanced_acc" not in summary_table(one_seed, ["a", "b"])
+
+
+def test_paired_bootstrap_difference_resolves_a_gap_the_images_support(rng):
+    y = np.repeat(np.arange(4), 50)
+    truth = np.eye(4)[y]
+    noise = rng.random((200, 4))
+    good = np.where(rng.random((200, 1)) < 0.9, truth, noise)    # ~90 % right
+    bad = np.where(rng.random((200, 1)) < 0.6, truth, noise)     # ~60 % right
+    d, lo, hi, up = bootstrap_difference(y, good, bad)
+    assert 0.15 < d < 0.45 and lo > 0 and hi > d > lo and up == 1.0
+    assert bootstrap_difference(y, bad, good)[0] == pytest.approx(-d)
+    same = bootstrap_difference(y, good, good)  # paired: the same images for both, so no spread at all
+    assert same == (0.0, 0.0, 0.0, 0.0)

@@ -423,9 +423,16 @@ def train_classifier(train_images: np.ndarray, train_labels: np.ndarray, val_ima
     result.model.load_state_dict(best_state)
     result.model.eval()
     if cfg.retrain_head:
-        retrain_head(result, take_rows(train_images, ~synthetic), train_labels[~synthetic], val_images, val_labels,
-                     cfg, seed)
+        retrain_head_on_real(result, train_images, train_labels, synthetic, val_images, val_labels, cfg, seed)
     return result
+
+
+def retrain_head_on_real(result: TrainedClassifier, images: np.ndarray, labels: np.ndarray, synthetic: np.ndarray,
+                         val_images: np.ndarray, val_labels: np.ndarray, cfg, seed: int = 0) -> TrainedClassifier:
+    """cRT's second stage as :func:`train_classifier` runs it after the first: the head re-trained on the rows
+    of the first stage's training set that are real (``~synthetic``; the control's repeats are not)."""
+    real = ~np.asarray(synthetic, bool)
+    return retrain_head(result, take_rows(images, real), np.asarray(labels)[real], val_images, val_labels, cfg, seed)
 
 
 def retrain_head(result: TrainedClassifier, images: np.ndarray, labels: np.ndarray, val_images: np.ndarray,

@@ -70,6 +70,32 @@ def bootstrap_ci(y_true: np.ndarray, probas, n_boot: int = 1000, seed: int = 0, 
     return float(np.clip(lo, 0, 1)), float(np.clip(hi, 0, 1))
 
 
+def seed_ensemble(probas) -> np.ndarray:
+    """One model's probabilities from several seeds' (a list of (N, K) arrays): their mean, the rule of
+    ``tailfill predict --ensemble``."""
+    return np.mean([np.asarray(p, dtype=float) for p in probas], axis=0)
+
+
+def bootstrap_difference(y_true: np.ndarray, proba_a: np.ndarray, proba_b: np.ndarray, n_boot: int = 2000,
+                         seed: int = 0, confidence: float = 0.95) -> tuple[float, float, float, float]:
+    """Balanced accuracy of ``proba_a`` minus that of ``proba_b`` on the same test images, with a paired
+    bootstrap (the same images, resampled within each class, for both): (difference, low, high, share of
+    replicates above zero)."""
+    y_true = np.asarray(y_true)
+    a, b = np.asarray(proba_a).argmax(1), np.asarray(proba_b).argmax(1)
+    k = max(int(y_true.max()) + 1, np.asarray(proba_a).shape[1])
+    by_class = [np.flatnonzero(y_true == c) for c in np.unique(y_true)]
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(n_boot)
+    for i in range(n_boot):
+        idx = np.concatenate([rng.choice(ix, len(ix)) for ix in by_class])
+        diffs[i] = _metric(y_true[idx], a[idx], k, "balanced_accuracy") - _metric(y_true[idx], b[idx], k,
+                                                                                  "balanced_accuracy")
+    lo, hi = np.quantile(diffs, [(1 - confidence) / 2, (1 + confidence) / 2])
+    point = _metric(y_true, a, k, "balanced_accuracy") - _metric(y_true, b, k, "balanced_accuracy")
+    return float(point), float(lo), float(hi), float(np.mean(diffs > 0))
+
+
 def _metric(y: np.ndarray, pred: np.ndarray, k: int, metric: str) -> float:
     cm = np.bincount(y * k + pred, minlength=k * k).reshape(k, k)
     support, tp = cm.sum(axis=1), np.diag(cm)
@@ -133,7 +159,8 @@ def summarise(results: pd.DataFrame, by: str = "model", predictions: dict | None
               y_true: np.ndarray | None = None, classes: list | None = None, n_boot: int = 1000) -> dict:
     """Per model (or variant): mean over seeds of balanced accuracy, macro F1 and per-class recall, with an
     interval. With ``predictions`` ({key: [test probabilities per seed]}), ``y_true`` and ``classes``: the
-    bootstrap interval over test images and seeds (:data:`INTERVAL`); otherwise a t-interval over seeds,
+    bootstrap interval over test images and seeds (:data:`INTERVAL`), and for two seeds or more their
+    ensemble (``tailfill predict --ensemble``) scored as one model; otherwise a t-interval over seeds,
     clipped to [0, 1]."""
     summary = {}
     for key, g in results.groupby(by, sort=False):
@@ -148,6 +175,10 @@ def summarise(results: pd.DataFrame, by: str = "model", predictions: dict | None
             elif np.isfinite(lo):
                 lo, hi = max(lo, 0.0), min(hi, 1.0)
             entry[col] = {"mean": mean, "low": lo, "high": hi}
+        if predictions is not None and len(predictions.get(key, [])) > 1:
+            m = classification_metrics(y_true, seed_ensemble(predictions[key]), classes)
+            entry["ensemble"] = {"balanced_accuracy": m["balanced_accuracy"], "macro_f1": m["macro_f1"],
+                                 **{f"recall_{c}": v["recall"] for c, v in m["per_class"].items()}}
         summary[key] = {**entry, "seeds": len(g),
                         "interval": INTERVAL if predictions is not None else "95 % t-interval over seeds, clipped"}
     return summary

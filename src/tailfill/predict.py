@@ -19,7 +19,7 @@ from .classify import TrainedClassifier
 from .data import DataError, build_cache, load_dataset
 from .data.rows import take_rows
 from .data.sources import IMAGE_SUFFIXES, LabeledImages
-from .evaluate import classification_metrics, submission_frame
+from .evaluate import classification_metrics, seed_ensemble, submission_frame
 from .io import read_table, write_csv, write_json
 from .run import Run, RunDirError
 
@@ -61,7 +61,7 @@ def predict_proba(run: Run, images: np.ndarray, model: str = "augmented", ensemb
             raise RunDirError(f"{name} has no seed {seed}")
     dirs = dirs if ensemble else dirs[:1]
     probas = [TrainedClassifier.load(d, run.device).predict_proba(images) for d in dirs]
-    return name + (f" (mean of {len(dirs)} seeds)" if len(dirs) > 1 else f" ({dirs[0].name})"), np.mean(probas, 0)
+    return name + (f" (mean of {len(dirs)} seeds)" if len(dirs) > 1 else f" ({dirs[0].name})"), seed_ensemble(probas)
 
 
 def images_in(folder: str | Path) -> pd.DataFrame:
