@@ -390,27 +390,39 @@ def matched_controls(variants: dict[str, list[str]]) -> dict[str, list[str]]:
     return {n: [c for c, r in real.items() if r == recipe(o)] for n, o in variants.items() if n.startswith("synth")}
 
 
+def references(frame: pd.DataFrame, controls: dict[str, list[str]] | None = None) -> tuple[str | None, dict]:
+    """The best baseline *by test* (None without baselines) and each synthetic variant's control: of its
+    candidates (``controls``, default ``real_oversample``) the measured one of highest mean, the stricter;
+    a variant without a control measured has none."""
+    baselines = frame[frame["kind"] == "baseline"]
+    if baselines.empty:
+        return None, {}
+    best = baselines.groupby("method")["balanced_accuracy"].mean().idxmax()
+    means = frame.groupby("variant")["balanced_accuracy"].mean()
+    chosen = {}
+    for variant in frame.loc[frame["variant"].str.startswith("synth"), "variant"].unique():
+        measured = [c for c in (controls or {}).get(variant, ["real_oversample"]) if c in means.index]
+        if measured:
+            chosen[variant] = max(measured, key=means.get)
+    return best, chosen
+
+
 def against_the_bar(frame: pd.DataFrame, rarest: str, controls: dict[str, list[str]] | None = None) -> pd.DataFrame:
     """Each synthetic variant against issue 11's bar, seed by seed.
 
-    The references are the best baseline *by test* (the stricter one) and the control: of the variant's
-    candidate controls (``controls``, default ``real_oversample``), the one of highest mean, the stricter
-    again. The margin is the largest seed sd among those two rows and the variant's own. A variant clears
-    the bar when its mean beats both references by more than the margin and its recall of the rarest class
-    beats both. A variant without a control measured is left out.
+    The references are the best baseline *by test* and the control (:func:`references`). The margin is
+    the largest seed sd among those two rows and the variant's own. A variant clears the bar when its mean
+    beats both references by more than the margin and its recall of the rarest class beats both. A variant
+    without a control measured is left out.
     """
-    baselines = frame[frame["kind"] == "baseline"]
-    if baselines.empty:
-        return pd.DataFrame()
-    best = baselines.groupby("method")["balanced_accuracy"].mean().idxmax()
-    means = frame.groupby("variant")["balanced_accuracy"].mean()
+    best, chosen = references(frame, controls)
     out = []
     for variant, g in frame[frame["variant"].str.startswith("synth")].groupby("variant", sort=False):
-        measured = [c for c in (controls or {}).get(variant, ["real_oversample"]) if c in means.index]
-        if not measured:
+        if variant not in chosen:
             continue
-        control = max(measured, key=means.get)
-        refs = {f"baseline `{best}`": baselines[baselines["method"] == best], "control": frame[frame["variant"] == control]}
+        control = chosen[variant]
+        refs = {f"baseline `{best}`": frame[(frame["kind"] == "baseline") & (frame["method"] == best)],
+                "control": frame[frame["variant"] == control]}
         by_seed = {k: r.set_index("seed") for k, r in refs.items()}
         g = g.set_index("seed")
         # np.max keeps a NaN (a row with one seed has no sd): such a variant cannot clear the bar
@@ -437,11 +449,7 @@ def seed_ensembles(frame: pd.DataFrame, classes: list, rarest: str, y_true, prob
     against the same ensemble of the best baseline by test and of its control (as in :func:`against_the_bar`),
     with a paired bootstrap over the test images: what the test set can resolve once the seed noise is
     averaged away. One number per row, so no seed sd: evidence beside the bar, not the bar."""
-    baselines = frame[frame["kind"] == "baseline"]
-    if baselines.empty:
-        return pd.DataFrame()
-    best = baselines.groupby("method")["balanced_accuracy"].mean().idxmax()
-    means = frame.groupby("variant")["balanced_accuracy"].mean()
+    best, chosen = references(frame, controls)
     ens = {v: seed_ensemble(p) for v, p in probas.items()}
 
     def scores(variant):
@@ -449,11 +457,9 @@ def seed_ensembles(frame: pd.DataFrame, classes: list, rarest: str, y_true, prob
         return f"{m['balanced_accuracy']:.3f} (R_{rarest} {m['per_class'][rarest]['recall']:.2f})"
 
     out = []
-    for variant in frame.loc[frame["variant"].str.startswith("synth"), "variant"].unique():
-        measured = [c for c in (controls or {}).get(variant, ["real_oversample"]) if c in means.index]
-        if not measured or variant not in ens:
+    for variant, control in chosen.items():
+        if variant not in ens:
             continue
-        control = max(measured, key=means.get)
         row = {"variant": variant, "seeds": len(probas[variant]), "ensemble": scores(variant),
                f"baseline `{best}`": scores(best), "control": f"{control}: {scores(control)}"}
         for name, ref in (("baseline", best), ("control", control)):
@@ -472,16 +478,17 @@ def write_outputs(bench: Bench, args, lines: list, t0: float, done: int, total: 
         body.append("\nsynthetic pools (class fidelity: share the feature classifier calls their own class, synthetic "
                     "(real held-out); realism AUROC: real held-out vs synthetic by OOD score, 0.5 = indistinguishable; "
                     "then the selection funnel):\n\n" + to_markdown(pd.DataFrame(bench.diagnostics).fillna("")))
-    by_test = results[results["kind"] == "baseline"].groupby("method")["balanced_accuracy"].mean().idxmax()
+    controls = matched_controls(bench.overrides)
+    by_test, _ = references(results, controls)
     body.append(f"\nbest baseline by test (for reference only): `{by_test}`")
     body.append("\n" + to_markdown(summarise(results, classes, bench.tail, bench.test[1], bench.probas)))
     rarest = classes[int(np.argmin(np.bincount(bench.train.labels, minlength=len(classes))))]
-    bar = against_the_bar(results, rarest, matched_controls(bench.overrides))
+    bar = against_the_bar(results, rarest, controls)
     if not bar.empty:
         body.append("\nagainst the bar (mean above the best baseline by test and the control by more than the largest "
                     f"seed sd of the three, and {rarest} recall above both; the control is the strongest real-data-only variant "
                     "with the same classifier settings; paired over seeds):\n\n" + to_markdown(bar))
-    ensembles = seed_ensembles(results, classes, rarest, bench.test[1], bench.probas, matched_controls(bench.overrides))
+    ensembles = seed_ensembles(results, classes, rarest, bench.test[1], bench.probas, controls)
     if not ensembles.empty:
         body.append("\nseed ensembles (each row's seeds as one model, the mean probability as `tailfill predict --ensemble`; "
                     "paired bootstrap over test images, resampled within class):\n\n" + to_markdown(ensembles))

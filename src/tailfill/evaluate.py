@@ -63,7 +63,7 @@ def bootstrap_ci(y_true: np.ndarray, probas, n_boot: int = 1000, seed: int = 0, 
     by_class = [np.flatnonzero(y_true == c) for c in np.unique(y_true)]
     values = np.empty(n_boot)
     for b in range(n_boot):
-        idx = np.concatenate([rng.choice(ix, len(ix)) for ix in by_class])
+        idx = _resample_within_class(by_class, rng)
         drawn = rng.integers(len(preds), size=len(preds))
         values[b] = np.mean([_metric(y_true[idx], preds[s][idx], k, metric) for s in drawn])
     lo, hi = np.quantile(values, [(1 - confidence) / 2, (1 + confidence) / 2])
@@ -88,12 +88,17 @@ def bootstrap_difference(y_true: np.ndarray, proba_a: np.ndarray, proba_b: np.nd
     rng = np.random.default_rng(seed)
     diffs = np.empty(n_boot)
     for i in range(n_boot):
-        idx = np.concatenate([rng.choice(ix, len(ix)) for ix in by_class])
+        idx = _resample_within_class(by_class, rng)
         diffs[i] = _metric(y_true[idx], a[idx], k, "balanced_accuracy") - _metric(y_true[idx], b[idx], k,
                                                                                   "balanced_accuracy")
     lo, hi = np.quantile(diffs, [(1 - confidence) / 2, (1 + confidence) / 2])
     point = _metric(y_true, a, k, "balanced_accuracy") - _metric(y_true, b, k, "balanced_accuracy")
     return float(point), float(lo), float(hi), float(np.mean(diffs > 0))
+
+
+def _resample_within_class(by_class: list, rng: np.random.Generator) -> np.ndarray:
+    """One bootstrap draw of test image indices: each class's images drawn with replacement, as many as it has."""
+    return np.concatenate([rng.choice(ix, len(ix)) for ix in by_class])
 
 
 def _metric(y: np.ndarray, pred: np.ndarray, k: int, metric: str) -> float:
