@@ -17,10 +17,10 @@ Per image size (``--sizes``):
    - ``real_oversample...``: each tail class's deficit filled by repeating its own real images (the
      control: a synthetic variant has to beat it to show that generated images add information);
    - ``real...``: nothing (e.g. a two-stage recipe on real data only, the control for cRT);
-   a synthetic variant is judged against the strongest ``real...`` variant with its classifier settings
-   (its ``classifier.*`` overrides, bar those acting on synthetic images only);
    - ``pool...``: no classifier at all: only the pool's diagnostics (3.), to draw a generator's curve
      (size, steps, guidance) at the cost of generation alone;
+   a synthetic variant is judged against the strongest ``real...`` variant with its classifier settings
+   (its ``classifier.*`` overrides, bar those acting on synthetic images only);
    generators and synthetic pools are trained/generated once per distinct setting and cached in
    ``--work``, so variants that differ only in selection or training share them; so is every classifier
    fit, by its own settings, seed and training images (not the run's seed list: adding seeds trains only
