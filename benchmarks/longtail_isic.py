@@ -457,9 +457,7 @@ def seed_ensembles(frame: pd.DataFrame, classes: list, rarest: str, y_true, prob
         return f"{m['balanced_accuracy']:.3f} (R_{rarest} {m['per_class'][rarest]['recall']:.2f})"
 
     out = []
-    for variant, control in chosen.items():
-        if variant not in ens:
-            continue
+    for variant, control in chosen.items():  # every row's probabilities are kept beside its record (Bench.fit)
         row = {"variant": variant, "seeds": len(probas[variant]), "ensemble": scores(variant),
                f"baseline `{best}`": scores(best), "control": f"{control}: {scores(control)}"}
         for name, ref in (("baseline", best), ("control", control)):
