@@ -33,10 +33,14 @@ Per image size (``--sizes``):
    images), the selection funnel, and an image grid per tail class.
 
 Prints the tables and writes them, with plots, to ``--out`` (Markdown) and ``results.csv`` beside it.
+``--pool-splits TAG TAG ...`` trains nothing: it pools sections that ran the same variants on different
+data splits (``--set seed=1``: other held-out images, thinned training set and generator) into one bar
+table, paired by split and seed.
 
     python benchmarks/longtail_isic.py --sizes 32
     python benchmarks/longtail_isic.py --sizes 64 --set classifier.seeds=[0,1,2,3,4] \\
         --variants synth_same:generate.context_classes=same
+    python benchmarks/longtail_isic.py --pool-splits 64px_a 64px_a_split1 --tag 64px_a_splits
 """
 from __future__ import annotations
 
@@ -407,15 +411,28 @@ def references(frame: pd.DataFrame, controls: dict[str, list[str]] | None = None
     return best, chosen
 
 
+def seed_sd(rows: pd.DataFrame) -> float:
+    """The sd of balanced accuracy over seeds; with a ``split`` column (several data splits, each with its
+    own test set), the pooled within-split sd: how far one seed strays from its split's mean, not how far
+    the test sets differ. NaN without two seeds of one split."""
+    if "split" not in rows:
+        return float(rows["balanced_accuracy"].std(ddof=1))
+    groups = [g.to_numpy(float) for _, g in rows.groupby("split")["balanced_accuracy"]]
+    dof = sum(len(g) - 1 for g in groups)
+    return float(np.sqrt(sum(((g - g.mean()) ** 2).sum() for g in groups) / dof)) if dof else float("nan")
+
+
 def against_the_bar(frame: pd.DataFrame, rarest: str, controls: dict[str, list[str]] | None = None) -> pd.DataFrame:
     """Each synthetic variant against issue 11's bar, seed by seed.
 
     The references are the best baseline *by test* and the control (:func:`references`). The margin is
-    the largest seed sd among those two rows and the variant's own. A variant clears the bar when its mean
-    beats both references by more than the margin and its recall of the rarest class beats both. A variant
-    without a control measured is left out.
+    the largest seed sd (:func:`seed_sd`) among those two rows and the variant's own. A variant clears the
+    bar when its mean beats both references by more than the margin and its recall of the rarest class
+    beats both. A variant without a control measured is left out. With a ``split`` column the runs are
+    paired by split and seed.
     """
     best, chosen = references(frame, controls)
+    keys = ["split", "seed"] if "split" in frame else ["seed"]
     out = []
     for variant, g in frame[frame["variant"].str.startswith("synth")].groupby("variant", sort=False):
         if variant not in chosen:
@@ -423,10 +440,10 @@ def against_the_bar(frame: pd.DataFrame, rarest: str, controls: dict[str, list[s
         control = chosen[variant]
         refs = {f"baseline `{best}`": frame[(frame["kind"] == "baseline") & (frame["method"] == best)],
                 "control": frame[frame["variant"] == control]}
-        by_seed = {k: r.set_index("seed") for k, r in refs.items()}
-        g = g.set_index("seed")
         # np.max keeps a NaN (a row with one seed has no sd): such a variant cannot clear the bar
-        margin = float(np.max([x["balanced_accuracy"].std(ddof=1) for x in (*by_seed.values(), g)]))
+        margin = float(np.max([seed_sd(x) for x in (*refs.values(), g)]))
+        by_seed = {k: r.set_index(keys) for k, r in refs.items()}
+        g = g.set_index(keys)
         row, clears = {"variant": variant, "control": control, "balanced acc": f"{g['balanced_accuracy'].mean():.3f}"}, True
         for name, ref in by_seed.items():
             seeds = g.index.intersection(ref.index)
@@ -465,6 +482,39 @@ def seed_ensembles(frame: pd.DataFrame, classes: list, rarest: str, y_true, prob
             row[f"diff vs {name} [95% CI], P(>0)"] = f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}], {up:.2f}"
         out.append(row)
     return pd.DataFrame(out)
+
+
+def pooled_splits(results: pd.DataFrame, tags: list[str], rarest: str, specs: list[str]) -> str:
+    """The rows of several sections of results.csv, one data split each (runs that differ only in
+    ``--set seed=...``, which draws the held-out images, the thinned training set and the generator anew),
+    as one table per variant and split, and the bar over all of them, paired by split and seed, with the
+    within-split seed sd as the margin (:func:`seed_sd`). Only variants measured on every split count."""
+    rows = results[results["tag"].isin(tags)]
+    missing = [t for t in tags if t not in set(rows["tag"])]
+    if missing:
+        raise SystemExit(f"results.csv has no rows tagged {', '.join(missing)}")
+    on_all = rows.groupby("variant")["tag"].nunique() == len(tags)
+    rows = rows[rows["variant"].map(on_all)]
+    frame = pd.DataFrame({"split": rows["tag"], "variant": rows["variant"], "method": rows["method"],
+                          "seed": rows["seed"], "balanced_accuracy": rows["bacc"],
+                          "kind": np.where(rows["variant"] == rows["method"], "baseline", "augmented"),
+                          **{f"recall_{c[2:]}": rows[c] for c in rows.columns if c.startswith("R_")}})
+    table = []
+    for variant, g in frame.groupby("variant", sort=False):
+        row = {"variant": variant}
+        for tag in tags:
+            s = g.loc[g["split"] == tag, "balanced_accuracy"]
+            row[f"`{tag}` (mean ± sd)"] = f"{s.mean():.3f} ± {s.std(ddof=1):.3f}"
+        row.update({"runs": len(g), "pooled mean": f"{g['balanced_accuracy'].mean():.3f}",
+                    "seed sd (within split)": f"{seed_sd(g):.3f}",
+                    "sd over all runs": f"{g['balanced_accuracy'].std(ddof=1):.3f}",
+                    f"R_{rarest}": f"{g[f'recall_{rarest}'].mean():.2f}"})
+        table.append(row)
+    controls = matched_controls({n: o for n, o in map(parse_variant, specs)}) if specs else None
+    bar = against_the_bar(frame, rarest, controls)
+    return ("per split (each row's seeds on each split's own test set) and pooled:\n\n" + to_markdown(pd.DataFrame(table))
+            + "\n\nagainst the bar over all splits (paired by split and seed; margin: the largest within-split "
+            "seed sd of the three rows):\n\n" + (to_markdown(bar) if not bar.empty else "no synthetic variant with a control"))
 
 
 def write_outputs(bench: Bench, args, lines: list, t0: float, done: int, total: int) -> None:
@@ -519,6 +569,9 @@ def main():
     ap.add_argument("--tag", default="", help="suffix of this run's section name (e.g. ir10)")
     ap.add_argument("--assemble-only", action="store_true",
                     help="only rebuild --out from findings.md and the saved per-size sections")
+    ap.add_argument("--pool-splits", nargs="+", metavar="TAG", default=None,
+                    help="train nothing: pool these sections of results.csv (the same variants on different data "
+                         "splits, --set seed=...) into one table paired by split and seed, written as section --tag")
     ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "_work")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = ap.parse_args()
@@ -540,7 +593,18 @@ def main():
     if not args.assemble_only:
         for v in variants:  # refuse a bad variant before hours of training
             with_overrides(base, parse_variant(v)[1])
-    sizes = [] if args.assemble_only else (args.sizes or [base.data.image_size])
+    if args.pool_splits:
+        if not args.tag:
+            raise SystemExit("--pool-splits needs --tag, the name of the section it writes")
+        bench = Bench(base, args, lambda text: None)
+        bench.prepare()  # only for the rarest training class (the split's seed does not change the counts)
+        classes = bench.data.classes
+        rarest = classes[int(np.argmin(np.bincount(bench.train.labels, minlength=len(classes))))]
+        body = pooled_splits(pd.read_csv(args.plots / "results.csv"), args.pool_splits, rarest, args.variants or [])
+        print(body, flush=True)
+        write_text(args.plots / f"section_{args.tag}.md", f"## {args.tag}\n\nProduced by `python benchmarks/"
+                   f"longtail_isic.py {' '.join(sys.argv[1:])}` from results.csv.\n\n{body}\n")
+    sizes = [] if args.assemble_only or args.pool_splits else (args.sizes or [base.data.image_size])
     for size in sizes:
         lines.clear()
         t0 = time.time()

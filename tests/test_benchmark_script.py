@@ -185,6 +185,36 @@ def test_each_synthetic_variant_is_judged_against_the_strongest_control_of_its_r
     assert "synth_lr" not in bar.index  # no control trained with its settings: not judged
 
 
+def test_pooled_splits_pair_runs_by_split_and_seed_and_take_the_within_split_seed_sd():
+    bench = _bench_module()
+
+    def rows(tag, variant, method, baccs, df):
+        return [{"tag": tag, "variant": variant, "method": method, "seed": s, "bacc": b, "R_DF": df, "R_NV": 0.9}
+                for s, b in enumerate(baccs)]
+
+    results = []
+    for tag, offset in (("split0", 0.0), ("split1", 0.10)):  # split1's test set is easier for every row
+        results += (rows(tag, "ce", "ce", [0.50 + offset, 0.52 + offset, 0.51 + offset], 0.30)
+                    + rows(tag, "real_oversample", "ce", [0.51 + offset, 0.53 + offset, 0.52 + offset], 0.32)
+                    + rows(tag, "synth_a", "ce", [0.56 + offset, 0.58 + offset, 0.57 + offset], 0.40))
+    results += rows("split0", "synth_only_once", "ce", [0.9, 0.9, 0.9], 0.9)  # measured on one split only
+    results = pd.DataFrame(results)
+    frame = results.rename(columns={"tag": "split", "bacc": "balanced_accuracy", "R_DF": "recall_DF"})
+    frame["kind"] = np.where(frame["variant"] == frame["method"], "baseline", "augmented")
+    synth = frame[frame["variant"] == "synth_a"]
+    assert bench.seed_sd(synth) == pytest.approx(0.01)  # the split offset is not seed noise...
+    assert bench.seed_sd(synth.drop(columns="split")) > 0.05  # ...which the sd over all six runs would count
+    bar = bench.against_the_bar(frame[frame["variant"] != "synth_only_once"], "DF").set_index("variant")
+    assert bar.loc["synth_a", "paired diff vs control"] == "+0.050 ± 0.000 (6/6 up)"
+    assert bar.loc["synth_a", "margin (largest sd)"] == "0.010" and bar.loc["synth_a", "clears the bar"] == "yes"
+
+    text = bench.pooled_splits(results, ["split1", "split0"], "DF", [])
+    assert "synth_only_once" not in text and "| synth_a | real_oversample | 0.620 |" in text
+    assert text.index("`split1` (mean") < text.index("`split0` (mean")  # the splits in the order asked
+    with pytest.raises(SystemExit, match="split9"):
+        bench.pooled_splits(results, ["split0", "split9"], "DF", [])
+
+
 def test_seed_ensembles_compare_the_mean_probability_of_each_rows_seeds(rng):
     bench = _bench_module()
     classes = ["NV", "DF"]
