@@ -17,10 +17,12 @@ Per image size (``--sizes``):
    - ``real_oversample...``: each tail class's deficit filled by repeating its own real images (the
      control: a synthetic variant has to beat it to show that generated images add information);
    - ``real...``: nothing (e.g. a two-stage recipe on real data only, the control for cRT);
+   - ``feat...``: nothing either, but its head re-training draws generated feature vectors
+     (``classifier.retrain_head`` + ``classifier.feature_fill``, LDMLR); judged like a synthetic variant;
    - ``pool...``: no classifier at all: only the pool's diagnostics (3.), to draw a generator's curve
      (size, steps, guidance) at the cost of generation alone;
    a synthetic variant is judged against the strongest ``real...`` variant with its classifier settings
-   (its ``classifier.*`` overrides, bar those acting on synthetic images only);
+   (its ``classifier.*`` overrides, bar those acting on synthetic images or features only);
    generators and synthetic pools are trained/generated once per distinct setting and cached in
    ``--work``, so variants that differ only in selection or training share them; so is every classifier
    fit, by its own settings, seed and training images (not the run's seed list: adding seeds trains only
@@ -73,6 +75,8 @@ from tailfill.ood import select_synthetic
 from tailfill.report import image_grid, mask_rgb, to_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
+LATE_DEFAULTS = {"head_init": "reset"}  # classifier options newer than the cached fits, and their defaults
+SYNTHETIC = ("synth", "feat")  # the variants judged against the bar: synthetic images, or synthetic features
 DEFAULT_VARIANTS = ["real_oversample", "synth_threshold", "synth_none:select.method=none",
                     "synth_keep0.2:select.keep_fraction=0.2", "synth_keep0.5:select.keep_fraction=0.5"]
 
@@ -99,8 +103,8 @@ def parse_variant(spec: str) -> tuple[str, list[str]]:
             cur += ch
     if cur:
         overrides.append(cur)
-    if not name.startswith(("synth", "real", "pool")):
-        raise SystemExit(f"variant {spec!r}: the name must start with synth, real_oversample, real or pool")
+    if not name.startswith((*SYNTHETIC, "real", "pool")):
+        raise SystemExit(f"variant {spec!r}: the name must start with synth, feat, real_oversample, real or pool")
     return name, overrides
 
 
@@ -150,6 +154,11 @@ class Bench:
                  f"({self.cfg.data.test_per_class}/class)")
         self.timed("data", t)
 
+    @property
+    def rarest(self) -> str:
+        """The class with the fewest training images (DF on ISIC): the bar asks for its recall."""
+        return self.data.classes[int(np.argmin(np.bincount(self.train.labels, minlength=len(self.data.classes))))]
+
     def deficits_for(self, cfg: Config) -> dict:
         """The images each tail class lacks under ``cfg.generate`` (a variant may set its own target)."""
         return class_deficits(self.train.labels, self.data.classes, cfg.generate)
@@ -174,8 +183,12 @@ class Bench:
         # the run's lists (methods, seeds) and augmented_method do not decide one fit: adding a seed reuses the
         # rest; unset (None) options are left out, so a new option does not orphan the fits cached before it.
         # tta does not change training either: a fit is trained and cached on one view, then re-scored with it
+        # and options added after fits were cached are left out at their defaults, which they were then
         one_fit = dataclasses.replace(cfg.classifier, methods=[], seeds=[], augmented_method="", tta=None)
-        settings = {k: v for k, v in dataclasses.asdict(one_fit).items() if v is not None}
+        if one_fit.feature_fill is None:  # its settings act only with it
+            one_fit = dataclasses.replace(one_fit, feature_share=None, feature_steps=None)
+        settings = {k: v for k, v in dataclasses.asdict(one_fit).items()
+                    if v is not None and not (k in LATE_DEFAULTS and v == LATE_DEFAULTS[k])}
         out = self.args.work / "fits" / key_of(settings, cfg.seed, method, seed, digest.hexdigest())
         if (out / "fit.json").is_file():
             info = json.loads((out / "fit.json").read_text())
@@ -186,7 +199,10 @@ class Bench:
             if cfg.classifier.retrain_head:  # cRT: its first stage is the fit without it (cached, shared with
                 # that row), then the product's second stage; the same model train_classifier makes in one go
                 first = self.cached_fit(dataclasses.replace(cfg, classifier=dataclasses.replace(
-                    one_view, retrain_head=False, head_epochs=ClassifierConfig.head_epochs)), method, train, seed)
+                    one_view, retrain_head=False, head_epochs=ClassifierConfig.head_epochs, feature_fill=None,
+                    feature_share=ClassifierConfig.feature_share, feature_steps=ClassifierConfig.feature_steps,
+                    head_init=ClassifierConfig.head_init)),
+                    method, train, seed)
                 t = time.time()
                 model = retrain_head_on_real(first.model, train.images, train.labels, train.synthetic, *self.val,
                                              one_view, seed)
@@ -384,14 +400,15 @@ def recipe(overrides: list[str]) -> tuple:
     """The classifier settings a synthetic variant shares with its control: its ``classifier.*`` overrides
     other than those that only act on synthetic images."""
     return tuple(sorted(o for o in overrides if o.startswith("classifier.")
-                        and not o.startswith(("classifier.synthetic_", "classifier.soft_label"))))
+                        and not o.startswith(("classifier.synthetic_", "classifier.soft_label",
+                                              "classifier.feature_"))))
 
 
 def matched_controls(variants: dict[str, list[str]]) -> dict[str, list[str]]:
     """Each synthetic variant's candidate controls: the real-data-only variants (``real...``: oversampling, or
     a two-stage recipe on real images) trained with the same classifier recipe (:func:`recipe`)."""
     real = {n: recipe(o) for n, o in variants.items() if n.startswith("real")}
-    return {n: [c for c, r in real.items() if r == recipe(o)] for n, o in variants.items() if n.startswith("synth")}
+    return {n: [c for c, r in real.items() if r == recipe(o)] for n, o in variants.items() if n.startswith(SYNTHETIC)}
 
 
 def references(frame: pd.DataFrame, controls: dict[str, list[str]] | None = None) -> tuple[str | None, dict]:
@@ -404,7 +421,7 @@ def references(frame: pd.DataFrame, controls: dict[str, list[str]] | None = None
     best = baselines.groupby("method")["balanced_accuracy"].mean().idxmax()
     means = frame.groupby("variant")["balanced_accuracy"].mean()
     chosen = {}
-    for variant in frame.loc[frame["variant"].str.startswith("synth"), "variant"].unique():
+    for variant in frame.loc[frame["variant"].str.startswith(SYNTHETIC), "variant"].unique():
         measured = [c for c in (controls or {}).get(variant, ["real_oversample"]) if c in means.index]
         if measured:
             chosen[variant] = max(measured, key=means.get)
@@ -434,7 +451,7 @@ def against_the_bar(frame: pd.DataFrame, rarest: str, controls: dict[str, list[s
     best, chosen = references(frame, controls)
     keys = ["split", "seed"] if "split" in frame else ["seed"]
     out = []
-    for variant, g in frame[frame["variant"].str.startswith("synth")].groupby("variant", sort=False):
+    for variant, g in frame[frame["variant"].str.startswith(SYNTHETIC)].groupby("variant", sort=False):
         if variant not in chosen:
             continue
         control = chosen[variant]
@@ -530,7 +547,7 @@ def write_outputs(bench: Bench, args, lines: list, t0: float, done: int, total: 
     by_test, _ = references(results, controls)
     body.append(f"\nbest baseline by test (for reference only): `{by_test}`")
     body.append("\n" + to_markdown(summarise(results, classes, bench.tail, bench.test[1], bench.probas)))
-    rarest = classes[int(np.argmin(np.bincount(bench.train.labels, minlength=len(classes))))]
+    rarest = bench.rarest
     bar = against_the_bar(results, rarest, controls)
     if not bar.empty:
         body.append("\nagainst the bar (mean above the best baseline by test and the control by more than the largest "
@@ -598,9 +615,8 @@ def main():
             raise SystemExit("--pool-splits needs --tag, the name of the section it writes")
         bench = Bench(base, args, lambda text: None)
         bench.prepare()  # only for the rarest training class (the split's seed does not change the counts)
-        classes = bench.data.classes
-        rarest = classes[int(np.argmin(np.bincount(bench.train.labels, minlength=len(classes))))]
-        body = pooled_splits(pd.read_csv(args.plots / "results.csv"), args.pool_splits, rarest, args.variants or [])
+        body = pooled_splits(pd.read_csv(args.plots / "results.csv"), args.pool_splits, bench.rarest,
+                             args.variants or [])
         print(body, flush=True)
         write_text(args.plots / f"section_{args.tag}.md", f"## {args.tag}\n\nProduced by `python benchmarks/"
                    f"longtail_isic.py {' '.join(sys.argv[1:])}` from results.csv.\n\n{body}\n")

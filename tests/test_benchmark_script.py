@@ -117,8 +117,9 @@ def test_adding_a_seed_reuses_the_cached_fits_of_the_others(tmp_path):
     # cRT re-trains the head of the cached fit without it: two new fits per seed, none of the old re-trained
     stamps = {f.name: (f / "fit.json").stat().st_mtime_ns for f in fits}
     crt = run("[0, 1]", variants=("real_oversample", "real_oversample_crt:classifier.retrain_head=true",
-                                  "real_crt:classifier.retrain_head=true,classifier.head_epochs=2"))
-    assert len(crt) == 8 and set(second) <= set(crt)
+                                  "real_crt:classifier.retrain_head=true,classifier.head_epochs=2",
+                                  "feat_gaussian:classifier.retrain_head=true,classifier.feature_fill=gaussian"))
+    assert len(crt) == 10 and set(second) <= set(crt)  # generated features too: a head stage on the cached fit
     assert all((tmp_path / "work" / "fits" / n / "fit.json").stat().st_mtime_ns == t for n, t in stamps.items())
     results = pd.read_csv(tmp_path / "docs" / "benchmarks" / "results.csv")
     secs = results.set_index(["variant", "seed"])["seconds"]
@@ -164,9 +165,12 @@ def test_each_synthetic_variant_is_judged_against_the_strongest_control_of_its_r
         "real_oversample_crt": ["classifier.retrain_head=true"], "real_crt": ["classifier.retrain_head=true"],
         "synth_a": ["generate.strength=0.5", "classifier.synthetic_share=0.5"],   # synthetic-only knobs: no recipe
         "synth_crt": ["classifier.synthetic_share=0.5", "classifier.retrain_head=true"],
-        "synth_lr": ["classifier.lr=1e-3"]})
+        "synth_lr": ["classifier.lr=1e-3"],
+        # generated features in the head re-training: judged like a synthetic variant, against cRT on real data
+        "feat_diffusion": ["classifier.retrain_head=true", "classifier.feature_fill=diffusion"]})
     assert controls == {"synth_a": ["real_oversample", "real_oversample_t100"],
-                        "synth_crt": ["real_oversample_crt", "real_crt"], "synth_lr": []}
+                        "synth_crt": ["real_oversample_crt", "real_crt"], "synth_lr": [],
+                        "feat_diffusion": ["real_oversample_crt", "real_crt"]}
 
     def rows(variant, kind, baccs, df=0.3):
         return [{"variant": variant, "method": "ce", "kind": kind, "seed": s,
@@ -177,12 +181,14 @@ def test_each_synthetic_variant_is_judged_against_the_strongest_control_of_its_r
                          + rows("real_crt", "augmented", [0.565, 0.585, 0.575])
                          + rows("synth_a", "augmented", [0.57, 0.59, 0.58], 0.4)
                          + rows("synth_crt", "augmented", [0.57, 0.59, 0.58], 0.4)
-                         + rows("synth_lr", "augmented", [0.57, 0.59, 0.58], 0.4))
+                         + rows("synth_lr", "augmented", [0.57, 0.59, 0.58], 0.4)
+                         + rows("feat_diffusion", "augmented", [0.57, 0.59, 0.58], 0.4))
     bar = bench.against_the_bar(frame, "DF", controls).set_index("variant")
     assert bar.loc["synth_a", "control"] == "real_oversample" and bar.loc["synth_a", "clears the bar"] == "yes"
     # the stronger of the two real-only cRT rows is the control, and it is within the margin
     assert bar.loc["synth_crt", "control"] == "real_crt" and bar.loc["synth_crt", "clears the bar"] == "no"
     assert "synth_lr" not in bar.index  # no control trained with its settings: not judged
+    assert bar.loc["feat_diffusion", "control"] == "real_crt"
 
 
 def test_pooled_splits_pair_runs_by_split_and_seed_and_take_the_within_split_seed_sd():

@@ -33,6 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .evaluate import balanced_accuracy, classification_metrics
+from .feature_fill import feature_generator, fill_features
 from .io import load_tensors, read_json, save_tensors, write_json
 from .data.rows import take_rows
 from .mixing import draw_probabilities
@@ -438,9 +439,11 @@ def retrain_head_on_real(result: TrainedClassifier, images: np.ndarray, labels: 
 def retrain_head(result: TrainedClassifier, images: np.ndarray, labels: np.ndarray, val_images: np.ndarray,
                  val_labels: np.ndarray, cfg, seed: int = 0, views: int = 4) -> TrainedClassifier:
     """Classifier re-training (cRT, Kang et al. 2020): freeze the backbone, re-initialise the head and train
-    it with class-balanced sampling on ``images`` (the real ones) for ``cfg.head_epochs``; keeps the epoch
+    it with class-balanced sampling on ``images`` (the real ones) for ``cfg.head_epochs`` (``cfg.head_init``:
+    ``keep`` fine-tunes the trained head instead, as LDMLR does); keeps the epoch
     with the best validation balanced accuracy (the unchanged head competes too). Features are taken once,
-    over ``views`` augmented copies of each image."""
+    over ``views`` augmented copies of each image; with ``cfg.feature_fill`` generated ones are added
+    (:mod:`tailfill.feature_fill`), at most ``cfg.feature_share`` of each class's draws."""
     model = result.model
     num_classes = len(result.classes)
     device = next(model.parameters()).device
@@ -449,9 +452,14 @@ def retrain_head(result: TrainedClassifier, images: np.ndarray, labels: np.ndarr
         model.eval()  # a batch at a time: the images may be rows on disk, and float copies of all are 4x uint8
         feats = torch.cat([torch.cat([model.features(augment(model.preprocess(images[i:i + 256]), gen).to(device))
                                       .float().cpu() for i in range(0, len(images), 256)]) for _ in range(views)])
-    ys = torch.as_tensor(np.tile(labels, views), dtype=torch.long)
+    ys, synthetic = np.tile(labels, views), None
+    if cfg.feature_fill:  # LDMLR: generated feature vectors beside the real ones, at most feature_share of a class
+        feats, ys, synthetic = fill_features(feats.numpy(), ys, feature_generator(cfg.feature_fill, cfg.feature_steps),
+                                             seed)
+        feats = torch.as_tensor(feats)
+    ys = torch.as_tensor(ys, dtype=torch.long)
     scale = 30.0 if METHODS[result.method].get("head") == "cosine" else 1.0
-    probs = draw_probabilities(ys.numpy(), "balanced")
+    probs = draw_probabilities(ys.numpy(), "balanced", synthetic, cfg.feature_share)
     rng = np.random.default_rng(seed)
 
     def val_score():
@@ -460,8 +468,9 @@ def retrain_head(result: TrainedClassifier, images: np.ndarray, labels: np.ndarr
     best, best_state = val_score(), copy.deepcopy(model.head.state_dict())
     torch.manual_seed(seed)
     head = model.head
-    for p in head.parameters():  # re-initialised: the old head learnt the old class balance
-        torch.nn.init.normal_(p, std=0.01) if p.dim() > 1 else torch.nn.init.zeros_(p)
+    if cfg.head_init == "reset":  # cRT: re-initialised, the old head learnt the old class balance
+        for p in head.parameters():
+            torch.nn.init.normal_(p, std=0.01) if p.dim() > 1 else torch.nn.init.zeros_(p)
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     for epoch in range(cfg.head_epochs):
         head.train()

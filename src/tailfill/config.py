@@ -144,6 +144,13 @@ class ClassifierConfig:
     soft_label_gamma: float = 0.5      # skin) count s**gamma as their class, the rest as the source class (Diff-Mix)
     retrain_head: bool = False         # cRT: then re-train the head on real images only, class-balanced
     head_epochs: int = 10              # epochs of that head re-training
+    feature_fill: Optional[str] = None  # that re-training also draws generated feature vectors, every class
+                                       # topped up to the largest: gaussian (per class) | diffusion (LDMLR:
+                                       # a class-conditional DDPM on the backbone's features); null: none
+    feature_share: float = 0.5         # at most this share of a class's head-training draws are generated
+    feature_steps: int = 1500          # training steps of the feature diffusion model
+    head_init: str = "reset"           # the head re-training starts from: reset (cRT) | keep (the trained head,
+                                       # fine-tuned, as LDMLR does)
     mixed_precision: Optional[str] = None  # as diffusion.mixed_precision
     tta: bool = False                  # test-time augmentation: predictions (test scores, predict, submission)
                                        # average the 8 flips and quarter turns (a lesion has no up); the
@@ -309,6 +316,12 @@ def validate(cfg: Config) -> None:
     for m in c.methods + ([] if c.augmented_method == "best" else [c.augmented_method]):
         check(m in METHODS, f"unknown classifier method {m!r}; choose from {', '.join(METHODS)}")
     check(c.synthetic_share is None or 0 <= c.synthetic_share <= 1, "classifier.synthetic_share in [0, 1]")
+    if c.feature_fill is not None:
+        one_of(c.feature_fill, ["gaussian", "diffusion"], "classifier.feature_fill")
+        check(c.retrain_head, "classifier.feature_fill acts in the head re-training: set classifier.retrain_head: true")
+    check(0 < c.feature_share <= 1, "classifier.feature_share in (0, 1]")
+    one_of(c.head_init, ["reset", "keep"], "classifier.head_init")
+    check(c.feature_steps > 0, "classifier.feature_steps > 0")
     check(c.input_size is None or c.input_size >= 8, "classifier.input_size >= 8 (or null: the data's size)")
     check(c.synthetic_loss_weight > 0, "classifier.synthetic_loss_weight > 0")
     check(c.ema_decay is None or 0 < c.ema_decay < 1, "classifier.ema_decay in (0, 1) (or null: no averaging)")
