@@ -75,6 +75,7 @@ from tailfill.ood import select_synthetic
 from tailfill.report import image_grid, mask_rgb, to_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
+HEAD_OPTIONS = ("retrain_head", "head_epochs", "feature_fill", "feature_share", "feature_steps", "head_init")  # cRT's
 LATE_DEFAULTS = {"head_init": "reset"}  # classifier options newer than the cached fits, and their defaults
 SYNTHETIC = ("synth", "feat")  # the variants judged against the bar: synthetic images, or synthetic features
 DEFAULT_VARIANTS = ["real_oversample", "synth_threshold", "synth_none:select.method=none",
@@ -199,10 +200,7 @@ class Bench:
             if cfg.classifier.retrain_head:  # cRT: its first stage is the fit without it (cached, shared with
                 # that row), then the product's second stage; the same model train_classifier makes in one go
                 first = self.cached_fit(dataclasses.replace(cfg, classifier=dataclasses.replace(
-                    one_view, retrain_head=False, head_epochs=ClassifierConfig.head_epochs, feature_fill=None,
-                    feature_share=ClassifierConfig.feature_share, feature_steps=ClassifierConfig.feature_steps,
-                    head_init=ClassifierConfig.head_init)),
-                    method, train, seed)
+                    one_view, **{k: getattr(ClassifierConfig, k) for k in HEAD_OPTIONS})), method, train, seed)
                 t = time.time()
                 model = retrain_head_on_real(first.model, train.images, train.labels, train.synthetic, *self.val,
                                              one_view, seed)
