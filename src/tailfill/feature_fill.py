@@ -94,7 +94,8 @@ class FeatureDiffusion:
         y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
         # a floor under the scale: dimensions that are (almost) always 0 after the backbone's ReLU would
         # otherwise be blown up by standardising, and so would the model's errors on them
-        self.mean_, self.std_ = x.mean(0), x.std(0).clamp_min(float(x.std(0).mean()) * 0.1 + 1e-6)
+        std = x.std(0)
+        self.mean_, self.std_ = x.mean(0), std.clamp_min(float(std.mean()) * 0.1 + 1e-6)
         self.low_, self.high_ = x.min(0).values, x.max(0).values
         x = (x - self.mean_) / self.std_
         torch.manual_seed(seed)
