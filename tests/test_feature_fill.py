@@ -4,7 +4,9 @@ import pytest
 
 from tailfill.classify import train_classifier
 from tailfill.config import ClassifierConfig, config_from_dict
-from tailfill.feature_fill import FeatureDiffusion, GaussianFeatures, feature_generator, fill_features
+from tailfill.feature_fill import (FEATURE_GENERATORS, FeatureDiffusion, GaussianFeatures, feature_generator,
+                                   fill_features)
+from tailfill.training import TrainingDivergedError
 
 from test_classify import _blobs
 
@@ -59,8 +61,29 @@ def test_feature_fill_runs_in_the_head_retraining_and_is_checked_at_load(rng):
         config_from_dict({"classifier": {"feature_fill": "vae", "retrain_head": True}})
     with pytest.raises(ValueError, match="classifier.feature_share"):
         config_from_dict({"classifier": {"feature_share": 0}})
-    with pytest.raises(ValueError, match="unknown classifier.feature_fill"):
-        feature_generator("gan")
+    with pytest.raises(ValueError, match="unknown classifier.feature_fill 'gan'"):
+        feature_generator(ClassifierConfig(feature_fill="gan"))
+
+
+def test_feature_generator_builds_the_registered_class_from_the_config(monkeypatch):
+    gen = feature_generator(ClassifierConfig(feature_fill="diffusion", feature_steps=7))
+    assert type(gen) is FeatureDiffusion and gen.steps == 7
+    assert type(feature_generator(ClassifierConfig(feature_fill="gaussian"))) is GaussianFeatures
+
+    class Shrunk(GaussianFeatures):  # a generator added to the registry is built by name, nothing else to touch
+        pass
+
+    monkeypatch.setitem(FEATURE_GENERATORS, "shrunk", Shrunk)
+    assert type(feature_generator(ClassifierConfig(feature_fill="shrunk"))) is Shrunk
+
+
+def test_a_diverging_feature_diffusion_stops_with_a_clear_error_and_bad_features_are_named(rng):
+    feats, labels, _ = _features(rng, [40, 10])
+    with pytest.raises(TrainingDivergedError, match="feature diffusion step"):
+        FeatureDiffusion(steps=50, lr=1e30, hidden=16).fit(feats, labels)  # steps of 1e30 overflow float32
+    feats[13, 2] = np.nan
+    with pytest.raises(ValueError, match="1 of 50 feature vectors are not finite.*row 13, class 0"):
+        fill_features(feats, labels, GaussianFeatures())
 
 
 def test_head_init_keep_fine_tunes_the_trained_head_where_crt_starts_afresh(rng):

@@ -454,8 +454,7 @@ def retrain_head(result: TrainedClassifier, images: np.ndarray, labels: np.ndarr
                                       .float().cpu() for i in range(0, len(images), 256)]) for _ in range(views)])
     ys, synthetic = np.tile(labels, views), None
     if cfg.feature_fill:  # LDMLR: generated feature vectors beside the real ones, at most feature_share of a class
-        feats, ys, synthetic = fill_features(feats.numpy(), ys, feature_generator(cfg.feature_fill, cfg.feature_steps),
-                                             seed)
+        feats, ys, synthetic = fill_features(feats.numpy(), ys, feature_generator(cfg), seed)
         feats = torch.as_tensor(feats)
     ys = torch.as_tensor(ys, dtype=torch.long)
     scale = 30.0 if METHODS[result.method].get("head") == "cosine" else 1.0

@@ -6,7 +6,7 @@ features of every class and re-trains the head on real + generated features; its
 per class. Both are here, with one interface (scikit-learn style: ``fit`` on real features, then
 ``sample`` the classes asked for)::
 
-    gen = FEATURE_GENERATORS["diffusion"](steps=1500).fit(feats, labels, seed=0)
+    gen = FEATURE_GENERATORS["diffusion"](steps=1500).fit(feats, labels, seed=0)   # or feature_generator(cfg)
     new = gen.sample(np.full(100, 5), seed=0)                 # 100 feature vectors of class 5
     feats, labels, synthetic = fill_features(feats, labels, gen, seed=0)   # every class up to the largest
 
@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .training import check_finite
+
 
 class GaussianFeatures:
     """A Gaussian per class: the class's mean, and a covariance shrunk towards the pooled within-class one
@@ -27,6 +29,11 @@ class GaussianFeatures:
 
     def __init__(self, prior: float = 100.0):
         self.prior = prior
+
+    @classmethod
+    def from_config(cls, cfg) -> "GaussianFeatures":
+        """Unfitted, for a :class:`~tailfill.config.ClassifierConfig` (it needs none of its keys)."""
+        return cls()
 
     def fit(self, feats: np.ndarray, labels: np.ndarray, seed: int = 0) -> "GaussianFeatures":
         x, y = np.asarray(feats, np.float64), np.asarray(labels)
@@ -87,6 +94,11 @@ class FeatureDiffusion:
         self.steps, self.batch_size, self.lr, self.hidden, self.sample_steps = steps, batch_size, lr, hidden, sample_steps
         self.prediction = prediction  # sample: the denoiser predicts the clean vector (LDMLR's pred_x0)
 
+    @classmethod
+    def from_config(cls, cfg) -> "FeatureDiffusion":
+        """Unfitted, trained for ``cfg.feature_steps`` steps (a :class:`~tailfill.config.ClassifierConfig`)."""
+        return cls(steps=cfg.feature_steps)
+
     def fit(self, feats: np.ndarray, labels: np.ndarray, seed: int = 0) -> "FeatureDiffusion":
         from diffusers import DDPMScheduler
 
@@ -107,12 +119,14 @@ class FeatureDiffusion:
         opt = torch.optim.AdamW(self.model_.parameters(), lr=self.lr, weight_decay=0.0)
         self.losses_ = []
         self.model_.train()
-        for _ in range(self.steps):
+        for step in range(self.steps):
             idx = torch.randint(len(x), (min(self.batch_size, len(x)),), generator=gen)
             noise = torch.randn(len(idx), x.shape[1], generator=gen)
             t = torch.randint(0, 1000, (len(idx),), generator=gen)
             target = x[idx] if self.prediction == "sample" else noise
             loss = F.mse_loss(self.model_(self.scheduler_.add_noise(x[idx], noise, t), t, y[idx]), target)
+            check_finite(loss, f"feature diffusion step {step}",
+                         "its input was finite; classifier.feature_fill: gaussian trains nothing and cannot diverge")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -138,17 +152,22 @@ class FeatureDiffusion:
 FEATURE_GENERATORS = {"gaussian": GaussianFeatures, "diffusion": FeatureDiffusion}
 
 
-def feature_generator(kind: str, steps: int = 1500):
-    """The generator ``classifier.feature_fill`` names, unfitted."""
-    if kind not in FEATURE_GENERATORS:
-        raise ValueError(f"unknown classifier.feature_fill {kind!r}; choose from {', '.join(FEATURE_GENERATORS)}")
-    return FeatureDiffusion(steps=steps) if kind == "diffusion" else GaussianFeatures()
+def feature_generator(cfg):
+    """The generator ``cfg.feature_fill`` names (``cfg`` a :class:`~tailfill.config.ClassifierConfig`), unfitted."""
+    if cfg.feature_fill not in FEATURE_GENERATORS:
+        raise ValueError(f"unknown classifier.feature_fill {cfg.feature_fill!r}; "
+                         f"choose from {', '.join(FEATURE_GENERATORS)}")
+    return FEATURE_GENERATORS[cfg.feature_fill].from_config(cfg)
 
 
 def fill_features(feats: np.ndarray, labels: np.ndarray, generator, seed: int = 0):
     """``feats`` plus, for every class with fewer than the largest, generated vectors up to its count (the
     generator fitted here, on ``feats``): (features, labels, synthetic mask)."""
     labels = np.asarray(labels)
+    bad = ~np.isfinite(np.asarray(feats)).all(1)
+    if bad.any():  # one NaN vector would turn a class's mean, and every vector drawn for it, into NaN
+        raise ValueError(f"classifier.feature_fill: {bad.sum()} of {len(bad)} feature vectors are not finite "
+                         f"(the first is row {np.flatnonzero(bad)[0]}, class {labels[bad][0]}); the backbone diverged")
     counts = np.bincount(labels)
     want = np.repeat(np.arange(len(counts)), np.where(counts > 0, counts.max() - counts, 0))
     if len(want) == 0:
