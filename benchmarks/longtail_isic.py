@@ -76,7 +76,7 @@ from tailfill.report import image_grid, mask_rgb, to_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAD_OPTIONS = ("retrain_head", "head_epochs", "feature_fill", "feature_share", "feature_steps", "head_init")  # cRT's
-LATE_DEFAULTS = {"head_init": "reset"}  # classifier options newer than the cached fits, and their defaults
+LATE_DEFAULTS = {"head_init": "reset", "synthetic_rebalances": True}  # classifier options newer than the cached fits, and their defaults
 SYNTHETIC = ("synth", "feat")  # the variants judged against the bar: synthetic images, or synthetic features
 DEFAULT_VARIANTS = ["real_oversample", "synth_threshold", "synth_none:select.method=none",
                     "synth_keep0.2:select.keep_fraction=0.2", "synth_keep0.5:select.keep_fraction=0.5"]
@@ -503,11 +503,17 @@ def pooled_splits(results: pd.DataFrame, tags: list[str], rarest: str, specs: li
     """The rows of several sections of results.csv, one data split each (runs that differ only in
     ``--set seed=...``, which draws the held-out images, the thinned training set and the generator anew),
     as one table per variant and split, and the bar over all of them, paired by split and seed, with the
-    within-split seed sd as the margin (:func:`seed_sd`). Only variants measured on every split count."""
-    rows = results[results["tag"].isin(tags)]
-    missing = [t for t in tags if t not in set(rows["tag"])]
+    within-split seed sd as the margin (:func:`seed_sd`). Only variants measured on every split count.
+    A split may be ``TAG+TAG``: sections run on the same split (e.g. a later run adding a loss) read as one;
+    a variant in both takes the first's rows."""
+    parts = {t: spec for spec in tags for t in spec.split("+")}
+    missing = [t for t in parts if t not in set(results["tag"])]
     if missing:
         raise SystemExit(f"results.csv has no rows tagged {', '.join(missing)}")
+    rows = results[results["tag"].isin(list(parts))].copy()
+    rows["order"] = rows["tag"].map(list(parts).index)  # a split's first section wins a variant both ran
+    rows["tag"] = rows["tag"].map(parts)
+    rows = rows.sort_values("order", kind="stable").drop_duplicates(["tag", "variant", "seed"]).drop(columns="order")
     on_all = rows.groupby("variant")["tag"].nunique() == len(tags)
     rows = rows[rows["variant"].map(on_all)]
     frame = pd.DataFrame({"split": rows["tag"], "variant": rows["variant"], "method": rows["method"],
@@ -586,7 +592,8 @@ def main():
                     help="only rebuild --out from findings.md and the saved per-size sections")
     ap.add_argument("--pool-splits", nargs="+", metavar="TAG", default=None,
                     help="train nothing: pool these sections of results.csv (the same variants on different data "
-                         "splits, --set seed=...) into one table paired by split and seed, written as section --tag")
+                         "splits, --set seed=...) into one table paired by split and seed, written as section --tag; "
+                         "TAG+TAG reads two sections of one split as one")
     ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "_work")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = ap.parse_args()

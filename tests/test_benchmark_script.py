@@ -220,6 +220,18 @@ def test_pooled_splits_pair_runs_by_split_and_seed_and_take_the_within_split_see
     with pytest.raises(SystemExit, match="split9"):
         bench.pooled_splits(results, ["split0", "split9"], "DF", [])
 
+    # a later section on the same split (another loss) joins its split; a variant both ran keeps the first's rows
+    later = pd.DataFrame(sum((rows(f"{tag}_la", "logit_adjust", "logit_adjust", [0.60 + o, 0.62 + o, 0.61 + o], 0.5)
+                              + rows(f"{tag}_la", "ce", "ce", [0.0, 0.0, 0.0], 0.0)
+                              for tag, o in (("split0", 0.0), ("split1", 0.10))), []))
+    text = bench.pooled_splits(pd.concat([results, later]), ["split0+split0_la", "split1+split1_la"], "DF", [])
+    assert "| logit_adjust | 0.610 ± 0.010 | 0.710 ± 0.010 | 6 | 0.660 |" in text
+    assert "| ce | 0.510 ± 0.010 | 0.610 ± 0.010 | 6 | 0.560 |" in text
+    # the best baseline by test is now logit_adjust, which synth_a does not beat
+    assert "| synth_a | real_oversample | 0.620 | -0.040" in text and "| no |" in text
+    with pytest.raises(SystemExit, match="split1_x"):
+        bench.pooled_splits(results, ["split0", "split1+split1_x"], "DF", [])
+
 
 def test_seed_ensembles_compare_the_mean_probability_of_each_rows_seeds(rng):
     bench = _bench_module()

@@ -28,6 +28,39 @@ def test_synthetic_share_caps_each_class_draws_and_keeps_class_balance():
     assert draw_probabilities(labels, "natural", synthetic) is None  # a plain shuffle
 
 
+def test_synthetic_images_that_do_not_rebalance_keep_each_class_at_its_real_frequency():
+    # class 0: 100 real; class 1: 6 real + 54 synthetic
+    labels = np.r_[np.zeros(100, int), np.ones(60, int)]
+    synthetic = np.r_[np.zeros(106, bool), np.ones(54, bool)]
+    nat = draw_probabilities(labels, "natural", synthetic, synthetic_rebalances=False)
+    assert nat[labels == 1].sum() == pytest.approx(6 / 106)  # not 60 / 160: the class is as rare as it was
+    assert nat[synthetic].sum() == pytest.approx(6 / 106 * 54 / 60)  # its draws spread over all its rows
+    capped = draw_probabilities(labels, "natural", synthetic, synthetic_share=0.5, synthetic_rebalances=False)
+    assert capped[labels == 1].sum() == pytest.approx(6 / 106) and capped[synthetic].sum() == pytest.approx(3 / 106)
+    sqrt = draw_probabilities(labels, "sqrt", synthetic, synthetic_rebalances=False)
+    assert sqrt[labels == 1].sum() == pytest.approx(6 ** 0.5 / (6 ** 0.5 + 100 ** 0.5))
+    # balanced sampling draws every class equally often either way
+    np.testing.assert_allclose(draw_probabilities(labels, "balanced", synthetic, 0.5, synthetic_rebalances=False),
+                               draw_probabilities(labels, "balanced", synthetic, 0.5))
+    assert draw_probabilities(labels, "natural", None, synthetic_rebalances=False) is None  # nothing to keep out
+
+
+def test_a_loss_prior_from_real_images_only_when_synthetic_images_do_not_rebalance(rng):
+    x, y = _blobs(rng, 90)
+    vx, vy = _blobs(rng, 30)
+    synthetic = np.zeros(len(y), bool)
+    synthetic[np.flatnonzero(y == 2)[: (y == 2).sum() // 2]] = True  # half of class 2 is synthetic
+    real = np.bincount(y[~synthetic], minlength=3)
+    cfg = ClassifierConfig(backbone="resnet10t", epochs=1, batch_size=32, lr=3e-3, synthetic_rebalances=False)
+    kept = train_classifier(x, y, vx, vy, ["a", "b", "c"], "logit_adjust_posthoc", cfg, seed=0, device="cpu",
+                            synthetic=synthetic)
+    np.testing.assert_allclose(kept.log_prior, np.log(real / real.sum()))
+    counted = train_classifier(x, y, vx, vy, ["a", "b", "c"], "logit_adjust_posthoc",
+                               dataclasses.replace(cfg, synthetic_rebalances=True), seed=0, device="cpu",
+                               synthetic=synthetic)
+    np.testing.assert_allclose(counted.log_prior, np.log(np.bincount(y) / len(y)))
+
+
 def test_training_sets_real_synthetic_and_the_control(rng):
     x = rng.integers(0, 255, (20, 4, 4, 3), dtype=np.uint8)
     y = np.r_[np.zeros(16, int), np.ones(4, int)]

@@ -36,7 +36,7 @@ from .evaluate import balanced_accuracy, classification_metrics
 from .feature_fill import feature_generator, fill_features
 from .io import load_tensors, read_json, save_tensors, write_json
 from .data.rows import take_rows
-from .mixing import draw_probabilities
+from .mixing import class_counts, draw_probabilities
 from .progress import progress
 from .training import check_finite, digests_per_rank, finish_tracking, make_accelerator, normalize_images
 
@@ -351,13 +351,15 @@ def train_classifier(train_images: np.ndarray, train_labels: np.ndarray, val_ima
     # 64 px on 2 CPU cores, docs/performance.md); weights and results are the same
     model = Classifier(cfg.backbone, num_classes, spec.get("head", "linear"), cfg.pretrained,
                        input_size=cfg.input_size).to(memory_format=torch.channels_last)
+    if not cfg.synthetic_rebalances:  # the loss's class prior from the real images: synthetic ones add no mass
+        counts = class_counts(np.asarray(train_labels)[~synthetic], num_classes)
     criterion = LongTailLoss(spec["loss"], counts, spec.get("drw", False)).to(accelerator.device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, math.ceil(len(train_labels) / cfg.batch_size / accelerator.num_processes))
     total = cfg.epochs * steps_per_epoch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.15)
     model, opt = accelerator.prepare(model, opt)
-    probs = draw_probabilities(train_labels, spec["sampler"], synthetic, cfg.synthetic_share)
+    probs = draw_probabilities(train_labels, spec["sampler"], synthetic, cfg.synthetic_share, cfg.synthetic_rebalances)
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     labels_t = torch.as_tensor(train_labels, dtype=torch.long)

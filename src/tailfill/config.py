@@ -140,6 +140,8 @@ class ClassifierConfig:
     synthetic_max_ratio: Optional[float] = None  # cap synthetic images per class at ratio x real (None: no cap)
     synthetic_share: Optional[float] = None  # cap the synthetic share of each class's draws (None: no cap)
     synthetic_loss_weight: float = 1.0  # loss weight of a synthetic image relative to a real one
+    synthetic_rebalances: bool = True  # synthetic images count toward their class's frequency (sampler, loss
+                                       # prior); false: the class keeps its real frequency and they only vary it
     soft_labels: bool = False          # translated synthetic images (SDEdit strength s < 1 into another class's
     soft_label_gamma: float = 0.5      # skin) count s**gamma as their class, the rest as the source class (Diff-Mix)
     retrain_head: bool = False         # cRT: then re-train the head on real images only, class-balanced

@@ -102,6 +102,11 @@ def synthetic_labels(used, classes: list, cfg) -> dict:
                                                                          cfg.soft_label_gamma)}
 
 
+def class_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Images per class, at least 1: a class of synthetic images only still gets drawn and a finite prior."""
+    return np.maximum(np.bincount(np.asarray(labels, int), minlength=num_classes), 1).astype(np.float64)
+
+
 def with_repeated_real(real_x: np.ndarray, real_y: np.ndarray, deficits: dict[int, int], seed: int) -> TrainingSet:
     """The real-oversampling control: each class's deficit filled by repeating its own real images."""
     rng = np.random.default_rng(seed)
@@ -111,16 +116,24 @@ def with_repeated_real(real_x: np.ndarray, real_y: np.ndarray, deficits: dict[in
 
 
 def draw_probabilities(labels: np.ndarray, sampler: str, synthetic: np.ndarray | None = None,
-                       synthetic_share: float | None = None) -> np.ndarray | None:
+                       synthetic_share: float | None = None, synthetic_rebalances: bool = True) -> np.ndarray | None:
     """Per-image draw probabilities for a classifier ``sampler`` (natural | sqrt | balanced); None means a
-    plain shuffle. ``synthetic_share`` caps the share of each class's draws that go to synthetic images."""
+    plain shuffle. ``synthetic_share`` caps the share of each class's draws that go to synthetic images.
+    ``synthetic_rebalances=False`` weighs each class by its real images alone: synthetic ones then vary a
+    class's draws without making it more frequent (for losses that rebalance by themselves)."""
     if sampler not in SAMPLER_POWER:
         raise ValueError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLER_POWER)}")
     labels = np.asarray(labels)
-    capped = synthetic_share is not None and synthetic is not None and np.any(synthetic)
-    if sampler == "natural" and not capped:
+    has_synthetic = synthetic is not None and bool(np.any(synthetic))
+    capped = synthetic_share is not None and has_synthetic
+    real_mass = not synthetic_rebalances and has_synthetic
+    if sampler == "natural" and not capped and not real_mass:
         return None
     p = class_power_probabilities(labels, SAMPLER_POWER[sampler])
+    if real_mass:  # class c drawn ~ (its real count) ** power, spread over all its rows
+        real = class_counts(labels[~np.asarray(synthetic, bool)], int(labels.max()) + 1)
+        p = real[labels] ** SAMPLER_POWER[sampler] / np.bincount(labels)[labels]
+        p = p / p.sum()
     if not capped:
         return p
     synthetic = np.asarray(synthetic, bool)
