@@ -402,11 +402,29 @@ def recipe(overrides: list[str]) -> tuple:
                                               "classifier.feature_"))))
 
 
-def matched_controls(variants: dict[str, list[str]]) -> dict[str, list[str]]:
+def rebalances(overrides: list[str]) -> bool:
+    """Whether a variant's synthetic images count toward their class's frequency (``classifier.synthetic_rebalances``)."""
+    values = [yaml.safe_load(o.partition("=")[2]) for o in overrides
+              if o.partition("=")[0].strip() == "classifier.synthetic_rebalances"]
+    return bool(values[-1]) if values else True
+
+
+def matched_controls(variants: dict[str, list[str]], losses: dict[str, str] | None = None) -> dict[str, list[str]]:
     """Each synthetic variant's candidate controls: the real-data-only variants (``real...``: oversampling, or
-    a two-stage recipe on real images) trained with the same classifier recipe (:func:`recipe`)."""
+    a two-stage recipe on real images) trained with the same classifier recipe (:func:`recipe`).
+
+    A variant whose synthetic images do not rebalance (``classifier.synthetic_rebalances: false``) and that
+    has no recipe of its own also has the real-only training with its loss (``losses[variant]``, a
+    baseline's name) as a control: real images repeated in its place, kept at their class's real frequency
+    too, would be drawn as often as without repeating, which is that baseline."""
     real = {n: recipe(o) for n, o in variants.items() if n.startswith("real")}
-    return {n: [c for c, r in real.items() if r == recipe(o)] for n, o in variants.items() if n.startswith(SYNTHETIC)}
+    out = {}
+    for n, o in variants.items():
+        if n.startswith(SYNTHETIC):
+            out[n] = [c for c, r in real.items() if r == recipe(o)]
+            if not rebalances(o) and not recipe(o) and (losses or {}).get(n):
+                out[n].append(losses[n])
+    return out
 
 
 def references(frame: pd.DataFrame, controls: dict[str, list[str]] | None = None) -> tuple[str | None, dict]:
@@ -531,7 +549,8 @@ def pooled_splits(results: pd.DataFrame, tags: list[str], rarest: str, specs: li
                     "sd over all runs": f"{g['balanced_accuracy'].std(ddof=1):.3f}",
                     f"R_{rarest}": f"{g[f'recall_{rarest}'].mean():.2f}"})
         table.append(row)
-    controls = matched_controls({n: o for n, o in map(parse_variant, specs)}) if specs else None
+    losses = rows.groupby("variant")["method"].first().to_dict()
+    controls = matched_controls({n: o for n, o in map(parse_variant, specs)}, losses) if specs else None
     bar = against_the_bar(frame, rarest, controls)
     return ("per split (each row's seeds on each split's own test set) and pooled:\n\n" + to_markdown(pd.DataFrame(table))
             + "\n\nagainst the bar over all splits (paired by split and seed; margin: the largest within-split "
@@ -547,7 +566,7 @@ def write_outputs(bench: Bench, args, lines: list, t0: float, done: int, total: 
         body.append("\nsynthetic pools (class fidelity: share the feature classifier calls their own class, synthetic "
                     "(real held-out); realism AUROC: real held-out vs synthetic by OOD score, 0.5 = indistinguishable; "
                     "then the selection funnel):\n\n" + to_markdown(pd.DataFrame(bench.diagnostics).fillna("")))
-    controls = matched_controls(bench.overrides)
+    controls = matched_controls(bench.overrides, results.groupby("variant")["method"].first().to_dict())
     by_test, _ = references(results, controls)
     body.append(f"\nbest baseline by test (for reference only): `{by_test}`")
     body.append("\n" + to_markdown(summarise(results, classes, bench.tail, bench.test[1], bench.probas)))

@@ -191,6 +191,32 @@ def test_each_synthetic_variant_is_judged_against_the_strongest_control_of_its_r
     assert bar.loc["feat_diffusion", "control"] == "real_crt"
 
 
+def test_synthetic_images_kept_at_real_class_frequency_are_judged_against_real_only_training_with_their_loss():
+    bench = _bench_module()
+    variants = {"real_oversample": [], "real_crt": ["classifier.retrain_head=true"],
+                "synth_freq": ["classifier.synthetic_share=0.5", "classifier.synthetic_rebalances=false"],
+                "synth_rebal": ["classifier.synthetic_share=0.5", "classifier.synthetic_rebalances=true"],
+                "synth_freq_crt": ["classifier.synthetic_rebalances=false", "classifier.retrain_head=true"]}
+    losses = {n: "logit_adjust" for n in variants}
+    controls = bench.matched_controls(variants, losses)
+    assert controls["synth_freq"] == ["real_oversample", "logit_adjust"]
+    assert controls["synth_rebal"] == ["real_oversample"]  # its images shift the frequency as repeats would
+    assert controls["synth_freq_crt"] == ["real_crt"]  # a recipe of its own keeps its two-stage control
+    assert bench.matched_controls(variants)["synth_freq"] == ["real_oversample"]  # no loss known: none added
+
+    def rows(variant, method, baccs, df=0.3):
+        return [{"variant": variant, "method": method, "kind": "baseline" if variant == method else "augmented",
+                 "seed": s, "balanced_accuracy": b, "recall_DF": df} for s, b in enumerate(baccs)]
+
+    frame = pd.DataFrame(rows("ce", "ce", [0.50, 0.52, 0.51]) + rows("logit_adjust", "logit_adjust", [0.60, 0.62, 0.61])
+                         + rows("synth_freq", "logit_adjust", [0.62, 0.64, 0.63], 0.4))
+    only = {"synth_freq": variants["synth_freq"]}
+    bar = bench.against_the_bar(frame, "DF", bench.matched_controls(only, {"synth_freq": "logit_adjust"}))
+    assert bar.set_index("variant").loc["synth_freq", "control"] == "logit_adjust"
+    assert bar.set_index("variant").loc["synth_freq", "paired diff vs control"] == "+0.020 ± 0.000 (3/3 up)"
+    assert bench.against_the_bar(frame, "DF", bench.matched_controls(only)).empty  # no control measured
+
+
 def test_pooled_splits_pair_runs_by_split_and_seed_and_take_the_within_split_seed_sd():
     bench = _bench_module()
 
