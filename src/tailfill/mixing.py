@@ -129,12 +129,9 @@ def draw_probabilities(labels: np.ndarray, sampler: str, synthetic: np.ndarray |
     real_mass = not synthetic_rebalances and has_synthetic
     if sampler == "natural" and not capped and not real_mass:
         return None
-    if real_mass:  # class c drawn ~ (its real count) ** power, spread over all its rows
-        real = class_counts(labels[~np.asarray(synthetic, bool)], int(labels.max()) + 1)
-        p = real[labels] ** SAMPLER_POWER[sampler] / np.bincount(labels)[labels]
-        p = p / p.sum()
-    else:
-        p = class_power_probabilities(labels, SAMPLER_POWER[sampler])
+    # without rebalancing, class c is drawn ~ (its real count) ** power, spread over all its rows
+    mass = class_counts(labels[~np.asarray(synthetic, bool)], int(labels.max()) + 1) if real_mass else None
+    p = class_power_probabilities(labels, SAMPLER_POWER[sampler], mass)
     if not capped:
         return p
     synthetic = np.asarray(synthetic, bool)

@@ -190,14 +190,18 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return x.clamp(-1, 1).add(1).mul(127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
 
-def class_power_probabilities(labels: np.ndarray, power: float) -> np.ndarray:
+def class_power_probabilities(labels: np.ndarray, power: float, class_mass: np.ndarray | None = None) -> np.ndarray:
     """Per-sample draw probabilities so that class c is drawn with p ~ n_c ** power.
 
     power 1: natural frequencies, 0: every class equally often, 0.5: square-root re-sampling.
+    ``class_mass`` replaces n_c (e.g. real images only); each class's draws still spread over all its rows.
     """
     labels = np.asarray(labels)
     counts = np.bincount(labels)
-    p = counts[labels].astype(np.float64) ** (power - 1.0)
+    if class_mass is None:
+        p = counts[labels].astype(np.float64) ** (power - 1.0)
+    else:
+        p = np.asarray(class_mass, np.float64)[labels] ** power / counts[labels]
     return p / p.sum()
 
 
