@@ -37,7 +37,9 @@ Per image size (``--sizes``):
 Prints the tables and writes them, with plots, to ``--out`` (Markdown) and ``results.csv`` beside it.
 ``--pool-splits TAG TAG ...`` trains nothing: it pools sections that ran the same variants on different
 data splits (``--set seed=1``: other held-out images, thinned training set and generator) into one bar
-table, paired by split and seed.
+table, paired by split and seed. ``--variants-only`` trains the variants of a split whose baselines are in
+another section (``select.feature_method`` and ``classifier.augmented_method`` name the baseline), and
+``--pool-splits THAT+THIS`` pairs them.
 
     python benchmarks/longtail_isic.py --sizes 32
     python benchmarks/longtail_isic.py --sizes 64 --set classifier.seeds=[0,1,2,3,4] \\
@@ -227,6 +229,9 @@ class Bench:
     def baselines(self) -> None:
         t = time.time()
         real = TrainingSet.real(self.train.images, self.train.labels)
+        if self.args.variants_only:  # the baselines of this split are in another section: --pool-splits pairs them
+            self.best = None
+            return
         for method in self.cfg.classifier.methods:
             for seed in self.cfg.classifier.seeds:
                 self.models[(method, seed)] = self.fit(method, self.cfg, method, real, seed).model
@@ -306,7 +311,17 @@ class Bench:
         return self.pools[key]
 
     def feature_model(self, cfg: Config):
-        return self.models[(cfg.select.feature_method or self.best, self.cfg.classifier.seeds[0])]
+        """The first seed's baseline classifier that scores the pool (the best by validation, or
+        ``select.feature_method``); fitted here, not reported, when the run trains no baselines."""
+        method = cfg.select.feature_method or self.best
+        if method is None:
+            raise SystemExit("--variants-only: set select.feature_method to the baseline whose classifier scores "
+                             "the synthetic pool")
+        key = (method, self.cfg.classifier.seeds[0])
+        if key not in self.models:
+            self.models[key] = self.cached_fit(self.cfg, method, TrainingSet.real(self.train.images, self.train.labels),
+                                               key[1]).model
+        return self.models[key]
 
     def selected(self, name: str, cfg: Config):
         """Synthetic images the product's selection would use, and diagnostics of the pool."""
@@ -324,7 +339,7 @@ class Bench:
         row = {"variant": name, "generator": f"{d.block_out_channels}{' + attention' if d.attention else ''}",
                "parameters (M)": f"{info['parameters'] / 1e6:.2f}", "steps": d.train_steps,
                "training s": f"{sum(h['seconds'] for h in info['history']):.0f}",
-               "guidance": f"{g.guidance_scale:g}", "strength": f"{g.strength:g}", "contexts": g.context_classes}
+               "guidance": f"{g.guidance_scale:g}", "strength": strength_label(g.strength), "contexts": g.context_classes}
         for c in self.tail:
             sel = labels == c
             row[f"fidelity {classes[c]} (real)"] = (f"{(pred[sel] == c).mean():.2f} "
@@ -364,6 +379,9 @@ class Bench:
         self.overrides[name] = overrides
         cfg = with_overrides(self.cfg, overrides)
         method = self.best if cfg.classifier.augmented_method == "best" else cfg.classifier.augmented_method
+        if method is None:
+            raise SystemExit(f"variant {name}: --variants-only trains no baseline to choose a loss from, so "
+                             "classifier.augmented_method must name it")
         x, y = self.train.images, self.train.labels
         if name.startswith("pool"):  # the generator's curve: diagnostics only, no classifier
             self.selected(name, cfg)
@@ -392,6 +410,11 @@ def summarise(frame: pd.DataFrame, classes: list, tail: list, y_true, probas: di
             row[f"R_{classes[c]}"] = f"{r.mean():.3f} ± {r.std(ddof=1):.3f}" if len(g) > 1 else f"{r.mean():.3f}"
         out.append(row)
     return pd.DataFrame(out)
+
+
+def strength_label(strength) -> str:
+    """``generate.strength`` as the table shows it: 0.5, or 0.5/0.7/0.9 for a list drawn per image."""
+    return "/".join(f"{v:g}" for v in strength) if isinstance(strength, list) else f"{strength:g}"
 
 
 def recipe(overrides: list[str]) -> tuple:
@@ -566,25 +589,33 @@ def write_outputs(bench: Bench, args, lines: list, t0: float, done: int, total: 
         body.append("\nsynthetic pools (class fidelity: share the feature classifier calls their own class, synthetic "
                     "(real held-out); realism AUROC: real held-out vs synthetic by OOD score, 0.5 = indistinguishable; "
                     "then the selection funnel):\n\n" + to_markdown(pd.DataFrame(bench.diagnostics).fillna("")))
-    controls = matched_controls(bench.overrides, results.groupby("variant")["method"].first().to_dict())
-    by_test, _ = references(results, controls)
-    body.append(f"\nbest baseline by test (for reference only): `{by_test}`")
-    body.append("\n" + to_markdown(summarise(results, classes, bench.tail, bench.test[1], bench.probas)))
-    rarest = bench.rarest
-    bar = against_the_bar(results, rarest, controls)
-    if not bar.empty:
-        body.append("\nagainst the bar (mean above the best baseline by test and the control by more than the largest "
-                    f"seed sd of the three, and {rarest} recall above both; the control is the strongest real-data-only variant "
-                    "with the same classifier settings; paired over seeds):\n\n" + to_markdown(bar))
-    ensembles = seed_ensembles(results, classes, rarest, bench.test[1], bench.probas, controls)
-    if not ensembles.empty:
-        body.append("\nseed ensembles (each row's seeds as one model, the mean probability as `tailfill predict --ensemble`; "
-                    "paired bootstrap over test images, resampled within class):\n\n" + to_markdown(ensembles))
+    if len(results) and (results["kind"] == "baseline").any():
+        controls = matched_controls(bench.overrides, results.groupby("variant")["method"].first().to_dict())
+        by_test, _ = references(results, controls)
+        body.append(f"\nbest baseline by test (for reference only): `{by_test}`")
+        body.append("\n" + to_markdown(summarise(results, classes, bench.tail, bench.test[1], bench.probas)))
+        rarest = bench.rarest
+        bar = against_the_bar(results, rarest, controls)
+        if not bar.empty:
+            body.append("\nagainst the bar (mean above the best baseline by test and the control by more than the largest "
+                        f"seed sd of the three, and {rarest} recall above both; the control is the strongest real-data-only variant "
+                        "with the same classifier settings; paired over seeds):\n\n" + to_markdown(bar))
+        ensembles = seed_ensembles(results, classes, rarest, bench.test[1], bench.probas, controls)
+        if not ensembles.empty:
+            body.append("\nseed ensembles (each row's seeds as one model, the mean probability as `tailfill predict --ensemble`; "
+                        "paired bootstrap over test images, resampled within class):\n\n" + to_markdown(ensembles))
+    elif len(results):  # --variants-only: the bar needs the split's baselines, paired by --pool-splits
+        body.append("\nno baselines in this run (--variants-only): `--pool-splits` pairs these rows with the "
+                    "section that holds this split's baselines")
+        body.append("\n" + to_markdown(summarise(results, classes, bench.tail, bench.test[1], bench.probas)))
     body.append((f"\n![samples {tag}](benchmarks/grid_{tag}.png)\n" if bench.diagnostics else "")
                 + "\nwall time per stage (s): " + ", ".join(f"{k} {v:.0f}" for k, v in bench.times.items())
                 + f"; total {time.time() - t0:.0f} s; peak memory {peak_rss_gb():.1f} GB")
     if done == total:
         print("\n".join(body), flush=True)
+    if not len(results):  # nothing fitted yet: the section is the log and the diagnostics
+        write_text(args.plots / f"section_{tag}.md", "\n".join(lines + body) + "\n")
+        return
     frame = pd.DataFrame({"size": bench.cfg.data.image_size, "imbalance": bench.cfg.data.imbalance_ratio, "tag": tag,
                           "variant": results["variant"], "method": results["method"], "seed": results["seed"],
                           "synthetic": results["synthetic_images"], "val_bacc": results["val_balanced_accuracy"],
@@ -609,6 +640,10 @@ def main():
     ap.add_argument("--tag", default="", help="suffix of this run's section name (e.g. ir10)")
     ap.add_argument("--assemble-only", action="store_true",
                     help="only rebuild --out from findings.md and the saved per-size sections")
+    ap.add_argument("--variants-only", action="store_true",
+                    help="train the variants and no baselines (their loss from classifier.augmented_method, the pool "
+                         "scored by select.feature_method's first seed): for a split whose baselines are in another "
+                         "section, paired with it by --pool-splits SECTION+THIS")
     ap.add_argument("--pool-splits", nargs="+", metavar="TAG", default=None,
                     help="train nothing: pool these sections of results.csv (the same variants on different data "
                          "splits, --set seed=...) into one table paired by split and seed, written as section --tag; "
@@ -644,6 +679,9 @@ def main():
         print(body, flush=True)
         write_text(args.plots / f"section_{args.tag}.md", f"## {args.tag}\n\nProduced by `python benchmarks/"
                    f"longtail_isic.py {' '.join(sys.argv[1:])}` from results.csv.\n\n{body}\n")
+    if args.variants_only and (base.select.feature_method is None or base.classifier.augmented_method == "best"):
+        raise SystemExit("--variants-only trains no baseline: set select.feature_method (whose classifier scores the "
+                         "pool) and classifier.augmented_method (the variants' loss) to a baseline's name")
     sizes = [] if args.assemble_only or args.pool_splits else (args.sizes or [base.data.image_size])
     for size in sizes:
         lines.clear()
@@ -660,7 +698,7 @@ def main():
             f"{f', keeps the {c.keep} epoch' if c.keep else ''}"
             f"{', scored on 8 views (classifier.tta)' if c.tta else ''}; generator "
             f"{dcfg.block_out_channels} UNet, {dcfg.train_steps} steps; sampler {g.sampler} x{g.steps}, guidance "
-            f"{g.guidance_scale}, contexts {g.context_classes}, strength {g.strength}; oversample x{g.oversample}; "
+            f"{g.guidance_scale}, contexts {g.context_classes}, strength {strength_label(g.strength)}; oversample x{g.oversample}; "
             f"seeds {c.seeds}. Variants: " + ", ".join(f"`{v}`" for v in variants) + ".")
         bench.prepare()
         bench.baselines()

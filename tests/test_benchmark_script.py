@@ -128,6 +128,38 @@ def test_adding_a_seed_reuses_the_cached_fits_of_the_others(tmp_path):
         assert secs["real_crt", seed] > secs["ce", seed]
 
 
+@pytest.mark.slow
+def test_a_variants_only_run_trains_no_baseline_and_pools_with_its_splits_baselines(tmp_path):
+    root = make_demo_dataset(tmp_path / "isic", total=240, imbalance=2.0, size=16)
+    sets = _tiny_sets(root, "diffusion.train_steps=2", "classifier.augmented_method=ce")
+    docs, work = tmp_path / "docs" / "b.md", tmp_path / "work"
+    variant = ("synth_mix:generate.strength=[0.5, 0.9],classifier.soft_labels=true,"
+               "classifier.synthetic_rebalances=false,select.method=none")
+
+    def run(*args, feature_method=None):
+        cmd = [sys.executable, str(SCRIPT), "--sizes", "16", *[a for s in sets for a in ("--set", s)], *args,
+               *(["--set", f"select.feature_method={feature_method}"] if feature_method else []),
+               "--work", str(work), "--out", str(docs)]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+    refused = run("--variants-only", "--tag", "b", "--variants", variant)
+    assert refused.returncode != 0 and "select.feature_method" in refused.stderr
+    assert not list(work.glob("generator_*"))  # refused before any training
+    assert run("--tag", "a", "--variants", "real_oversample").returncode == 0
+    done = run("--variants-only", "--tag", "b", "--variants", variant, feature_method="ce")
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = pd.read_csv(docs.parent / "benchmarks" / "results.csv")
+    assert set(results.loc[results["tag"] == "16px_b", "variant"]) == {"synth_mix"}  # no baseline fitted here
+    assert "0.5/0.9" in (docs.parent / "benchmarks" / "section_16px_b.md").read_text()  # the strengths drawn from
+    pooled = subprocess.run([sys.executable, str(SCRIPT), "--pool-splits", "16px_a+16px_b", "--tag", "ab",
+                             "--set", "data.image_size=16", "--variants", "real_oversample", variant,
+                             "--out", str(docs)], capture_output=True, text=True, timeout=120)
+    assert pooled.returncode == 0, pooled.stderr[-3000:]
+    text = (docs.parent / "benchmarks" / "section_ab.md").read_text()
+    bar = text.split("against the bar")[1]  # paired with split a's baseline and control, seed by seed
+    assert "| synth_mix |" in bar and "vs baseline `ce`" in bar and "(1/1 up)" in bar
+
+
 def _bench_module():
     import importlib.util
 

@@ -26,6 +26,10 @@ def test_overrides_and_unknown_keys(tmp_path):
         load_config(overrides=["classifier.methods=[ce, magic]"])
     with pytest.raises(ValueError, match="generate.strength"):
         load_config(overrides=["generate.strength=1.5"])
+    for bad_list in ("[]", "[0.5, 0]", "[0.5, yes]"):
+        with pytest.raises(ValueError, match="generate.strength"):
+            load_config(overrides=[f"generate.strength={bad_list}"])
+    assert load_config(overrides=["generate.strength=[0.5, 0.7, 0.9]"]).generate.strength == [0.5, 0.7, 0.9]
     with pytest.raises(ValueError, match="generate.context_classes"):
         load_config(overrides=["generate.context_classes=some"])
     with pytest.raises(FileNotFoundError):

@@ -70,3 +70,30 @@ def test_synthesised_images_do_not_depend_on_the_batch():
     assert np.abs(a.astype(int) - b.astype(int)).max() <= 1  # rounding only
     outside = masks == 0
     assert (a[outside] == images[plan["context_index"]][outside]).all()  # skin context untouched
+
+
+def test_a_list_of_strengths_is_drawn_per_image_and_each_image_is_made_at_its_own():
+    frame = train_frame()
+    single = make_plan(frame, CLASSES, {2: 3, 3: 5}, GenerateConfig(strength=0.5, oversample=4.0))
+    assert (single["strength"] == 0.5).all()
+    cfg = GenerateConfig(strength=[0.5, 0.7, 0.9], oversample=4.0)
+    plan = make_plan(frame, CLASSES, {2: 3, 3: 5}, cfg)
+    assert set(plan["strength"]) == {0.5, 0.7, 0.9} and plan.equals(make_plan(frame, CLASSES, {2: 3, 3: 5}, cfg))
+
+    class Recorder:  # the pipeline's calls: which rows (by their seed) at which strength
+        calls = []
+
+        def noise_shape(self, shape):
+            return (3, *shape[1:])
+
+        def __call__(self, images, masks, labels, strength, noise, **kw):
+            self.calls.append((strength, len(images)))
+            return torch.full((len(images), 3, 4, 4), 2 * strength - 1)  # the strength, as an image value
+
+    images = np.zeros((len(frame), 4, 4, 3), np.uint8)
+    out = synthesize(Recorder(), plan, images, np.zeros((len(plan), 4, 4), np.float32), cfg)
+    # every image made at its own row's strength, in plan order, each batch split by strength
+    assert np.allclose(out[:, 0, 0, 0] / 255, plan["strength"], atol=0.01)
+    assert sorted(s for s, _ in Recorder.calls) == sorted(s for b in range(0, len(plan), cfg.batch_size)
+                                                          for s in set(plan["strength"].iloc[b:b + cfg.batch_size]))
+    assert sum(n for _, n in Recorder.calls) == len(plan)

@@ -95,7 +95,8 @@ class GenerateConfig:
     latent_clip: Optional[float] = 2.0  # latent space: clip each step's x0 estimate to +-this (latents have unit
                                         # variance), or a small UNet trained here drifts into saturated blobs
                                         # (docs/benchmarks.md, 128 px); null for a pretrained SD UNet
-    strength: float = 1.0              # <1: start from the context's own lesion noised this far (SDEdit), not pure noise
+    strength: Union[float, list] = 1.0  # <1: start from the context's own lesion noised this far (SDEdit), not pure
+                                        # noise; a list: each image draws one (Diff-Mix: [0.5, 0.7, 0.9])
     mask_source: str = "auto"          # auto (segment the context's lesion) | user | random
     context_classes: Union[str, list] = "all"  # skin context from: "all" training images, the "same" class, or names
     mask_dilation: int = 2             # grow lesion masks (pixels) so the old lesion's rim is replaced too
@@ -295,7 +296,10 @@ def validate(cfg: Config) -> None:
     one_of(g.sampler, SCHEDULERS, "generate.sampler")
     one_of(g.mask_source, ("auto", "user", "random"), "generate.mask_source")
     check(g.mask_source != "user" or d.masks_dir, "mask_source=user needs data.masks_dir")
-    check(0 < g.strength <= 1, "generate.strength in (0, 1]")
+    strengths = g.strength if isinstance(g.strength, list) else [g.strength]
+    check(len(strengths) > 0 and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1
+                                     for v in strengths),
+          "generate.strength in (0, 1], or a non-empty list of such values")
     check(g.context_classes in ("all", "same") or isinstance(g.context_classes, list),
           "generate.context_classes is all, same or a list of classes")
     one_of(s.method, list(SCORERS) + ["none"], "select.method")

@@ -72,6 +72,8 @@ def make_plan(train_frame: pd.DataFrame, classes: list, deficits: dict[int, int]
         pool = np.flatnonzero(np.isin(labels, [classes.index(n) for n in cfg.context_classes]))
     if len(pool) == 0:
         raise ValueError("generate: no training images to use as skin context")
+    # a list of strengths: each image draws one (Diff-Mix); a single value draws nothing, so its plans stay as they were
+    strengths = [float(v) for v in cfg.strength] if isinstance(cfg.strength, list) else None
     rows = []
     for c, deficit in sorted(deficits.items()):
         own = np.flatnonzero(labels == c) if cfg.context_classes == "same" else pool
@@ -84,7 +86,8 @@ def make_plan(train_frame: pd.DataFrame, classes: list, deficits: dict[int, int]
                          "mask_file": f"masks/{classes[c]}/syn_{classes[c]}_{i:05d}.png",
                          "class": classes[c], "label": c, "context_index": ctx,
                          "source_image": train_frame["image"].iloc[ctx], "source_class": classes[labels[ctx]],
-                         "mask_source": cfg.mask_source, "strength": cfg.strength,
+                         "mask_source": cfg.mask_source,
+                         "strength": float(cfg.strength) if strengths is None else strengths[rng.integers(len(strengths))],
                          "seed": int(rng.integers(2**31))})
     return pd.DataFrame(rows)
 
@@ -112,20 +115,24 @@ def synthesize(pipe: InpaintPipeline, plan: pd.DataFrame, context_images: np.nda
     Each image's starting noise comes from its own row seed, so an image does not depend on the
     batch (or shard, or process) it was drawn in.
     """
-    outputs = []
-    for b in range(0, len(plan), cfg.batch_size):
-        rows = plan.iloc[b:b + cfg.batch_size]
-        images = to_model_range(context_images[rows["context_index"].to_numpy()])
-        noise = torch.stack([torch.randn(pipe.noise_shape(images.shape[1:]),
-                                         generator=torch.Generator().manual_seed(int(s))) for s in rows["seed"]])
-        gen = torch.Generator().manual_seed(int(rows["seed"].iloc[0]))
-        labels = torch.as_tensor(rows["label"].to_numpy(dtype=np.int64).copy())
-        out = pipe(images, torch.from_numpy(masks[b:b + len(rows)])[:, None], labels,
-                   guidance_scale=cfg.guidance_scale, num_inference_steps=cfg.steps, strength=cfg.strength,
-                   noise=noise, generator=gen)
-        outputs.append(to_uint8(out))
     size = context_images.shape[1]
-    return np.concatenate(outputs) if outputs else np.zeros((0, size, size, 3), np.uint8)
+    result = np.zeros((len(plan), size, size, 3), np.uint8)
+    strengths = plan["strength"].to_numpy(float) if "strength" in plan else np.full(len(plan), float(cfg.strength))
+    for b in range(0, len(plan), cfg.batch_size):
+        # one pipeline call per strength in the batch (each image's own strength, from its plan row)
+        for s in np.unique(strengths[b:b + cfg.batch_size]):
+            at = b + np.flatnonzero(strengths[b:b + cfg.batch_size] == s)
+            rows = plan.iloc[at]
+            images = to_model_range(context_images[rows["context_index"].to_numpy()])
+            noise = torch.stack([torch.randn(pipe.noise_shape(images.shape[1:]),
+                                             generator=torch.Generator().manual_seed(int(v))) for v in rows["seed"]])
+            gen = torch.Generator().manual_seed(int(rows["seed"].iloc[0]))
+            labels = torch.as_tensor(rows["label"].to_numpy(dtype=np.int64).copy())
+            out = pipe(images, torch.from_numpy(masks[at])[:, None], labels,
+                       guidance_scale=cfg.guidance_scale, num_inference_steps=cfg.steps, strength=float(s),
+                       noise=noise, generator=gen)
+            result[at] = to_uint8(out)
+    return result
 
 
 def unet_subfolder(cfg) -> str:
