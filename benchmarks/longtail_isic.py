@@ -228,10 +228,10 @@ class Bench:
 
     def baselines(self) -> None:
         t = time.time()
-        real = TrainingSet.real(self.train.images, self.train.labels)
         if self.args.variants_only:  # the baselines of this split are in another section: --pool-splits pairs them
             self.best = None
             return
+        real = TrainingSet.real(self.train.images, self.train.labels)
         for method in self.cfg.classifier.methods:
             for seed in self.cfg.classifier.seeds:
                 self.models[(method, seed)] = self.fit(method, self.cfg, method, real, seed).model
@@ -313,13 +313,9 @@ class Bench:
     def feature_model(self, cfg: Config):
         """The first seed's baseline classifier that scores the pool (the best by validation, or
         ``select.feature_method``); fitted here, not reported, when the run trains no baselines."""
-        method = cfg.select.feature_method or self.best
-        if method is None:
-            raise SystemExit("--variants-only: set select.feature_method to the baseline whose classifier scores "
-                             "the synthetic pool")
-        key = (method, self.cfg.classifier.seeds[0])
+        key = (cfg.select.feature_method or self.best, self.cfg.classifier.seeds[0])
         if key not in self.models:
-            self.models[key] = self.cached_fit(self.cfg, method, TrainingSet.real(self.train.images, self.train.labels),
+            self.models[key] = self.cached_fit(self.cfg, key[0], TrainingSet.real(self.train.images, self.train.labels),
                                                key[1]).model
         return self.models[key]
 
@@ -379,9 +375,6 @@ class Bench:
         self.overrides[name] = overrides
         cfg = with_overrides(self.cfg, overrides)
         method = self.best if cfg.classifier.augmented_method == "best" else cfg.classifier.augmented_method
-        if method is None:
-            raise SystemExit(f"variant {name}: --variants-only trains no baseline to choose a loss from, so "
-                             "classifier.augmented_method must name it")
         x, y = self.train.images, self.train.labels
         if name.startswith("pool"):  # the generator's curve: diagnostics only, no classifier
             self.selected(name, cfg)
