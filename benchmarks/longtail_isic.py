@@ -582,43 +582,40 @@ def write_outputs(bench: Bench, args, lines: list, t0: float, done: int, total: 
         body.append("\nsynthetic pools (class fidelity: share the feature classifier calls their own class, synthetic "
                     "(real held-out); realism AUROC: real held-out vs synthetic by OOD score, 0.5 = indistinguishable; "
                     "then the selection funnel):\n\n" + to_markdown(pd.DataFrame(bench.diagnostics).fillna("")))
-    if len(results) and (results["kind"] == "baseline").any():
+    if len(results):
+        baselines = (results["kind"] == "baseline").any()  # none with --variants-only: --pool-splits pairs them
         controls = matched_controls(bench.overrides, results.groupby("variant")["method"].first().to_dict())
-        by_test, _ = references(results, controls)
-        body.append(f"\nbest baseline by test (for reference only): `{by_test}`")
+        body.append(f"\nbest baseline by test (for reference only): `{references(results, controls)[0]}`" if baselines
+                    else "\nno baselines in this run (--variants-only): `--pool-splits` pairs these rows with the "
+                         "section that holds this split's baselines")
         body.append("\n" + to_markdown(summarise(results, classes, bench.tail, bench.test[1], bench.probas)))
         rarest = bench.rarest
-        bar = against_the_bar(results, rarest, controls)
+        bar = against_the_bar(results, rarest, controls) if baselines else pd.DataFrame()
         if not bar.empty:
             body.append("\nagainst the bar (mean above the best baseline by test and the control by more than the largest "
                         f"seed sd of the three, and {rarest} recall above both; the control is the strongest real-data-only variant "
                         "with the same classifier settings; paired over seeds):\n\n" + to_markdown(bar))
-        ensembles = seed_ensembles(results, classes, rarest, bench.test[1], bench.probas, controls)
+        ensembles = seed_ensembles(results, classes, rarest, bench.test[1], bench.probas, controls) if baselines \
+            else pd.DataFrame()
         if not ensembles.empty:
             body.append("\nseed ensembles (each row's seeds as one model, the mean probability as `tailfill predict --ensemble`; "
                         "paired bootstrap over test images, resampled within class):\n\n" + to_markdown(ensembles))
-    elif len(results):  # --variants-only: the bar needs the split's baselines, paired by --pool-splits
-        body.append("\nno baselines in this run (--variants-only): `--pool-splits` pairs these rows with the "
-                    "section that holds this split's baselines")
-        body.append("\n" + to_markdown(summarise(results, classes, bench.tail, bench.test[1], bench.probas)))
     body.append((f"\n![samples {tag}](benchmarks/grid_{tag}.png)\n" if bench.diagnostics else "")
                 + "\nwall time per stage (s): " + ", ".join(f"{k} {v:.0f}" for k, v in bench.times.items())
                 + f"; total {time.time() - t0:.0f} s; peak memory {peak_rss_gb():.1f} GB")
     if done == total:
         print("\n".join(body), flush=True)
-    if not len(results):  # nothing fitted yet: the section is the log and the diagnostics
-        write_text(args.plots / f"section_{tag}.md", "\n".join(lines + body) + "\n")
-        return
-    frame = pd.DataFrame({"size": bench.cfg.data.image_size, "imbalance": bench.cfg.data.imbalance_ratio, "tag": tag,
-                          "variant": results["variant"], "method": results["method"], "seed": results["seed"],
-                          "synthetic": results["synthetic_images"], "val_bacc": results["val_balanced_accuracy"],
-                          "bacc": results["balanced_accuracy"], **{f"R_{c}": results[f"recall_{c}"] for c in classes},
-                          "seconds": results["train_seconds"]})
-    path = args.plots / "results.csv"
-    old = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=frame.columns)
-    if "tag" not in old.columns:
-        old["tag"] = old["size"].astype(str) + "px"
-    write_csv(path, pd.concat([old[old["tag"] != tag], frame], ignore_index=True))
+    if len(results):  # this tag's rows of results.csv (none before the first fit)
+        frame = pd.DataFrame({"size": bench.cfg.data.image_size, "imbalance": bench.cfg.data.imbalance_ratio, "tag": tag,
+                              "variant": results["variant"], "method": results["method"], "seed": results["seed"],
+                              "synthetic": results["synthetic_images"], "val_bacc": results["val_balanced_accuracy"],
+                              "bacc": results["balanced_accuracy"], **{f"R_{c}": results[f"recall_{c}"] for c in classes},
+                              "seconds": results["train_seconds"]})
+        path = args.plots / "results.csv"
+        old = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=frame.columns)
+        if "tag" not in old.columns:
+            old["tag"] = old["size"].astype(str) + "px"
+        write_csv(path, pd.concat([old[old["tag"] != tag], frame], ignore_index=True))
     write_text(args.plots / f"section_{tag}.md", "\n".join(lines + body) + "\n")
 
 
