@@ -7,6 +7,7 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 SHARED_ISIC = Path(__file__).resolve().parents[2] / "shared" / "data" / "isic2019-mini"
+SHARED_HAM = SHARED_ISIC.parent / "ham10000"
 
 
 def tiny_overrides(run_dir, size=16, **extra):

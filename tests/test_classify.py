@@ -204,3 +204,32 @@ def test_weight_average_and_keep_are_checked():
         load_config(None, ["classifier.keep=first"])
     c = load_config(None, ["classifier.ema_decay=0.98", "classifier.keep=last"]).classifier
     assert (c.ema_decay, c.keep) == (0.98, "last")
+
+
+@pytest.mark.parametrize("method", ["ce", "balanced_sampling"])
+def test_steps_per_epoch_is_a_fixed_budget_drawn_by_the_methods_sampler(rng, monkeypatch, method):
+    """A fixed number of batches an epoch however many head images there are, drawn as the method draws."""
+    import tailfill.classify as classify
+
+    seen = []
+    real_augment = classify.augment
+    monkeypatch.setattr(classify, "augment", lambda x, gen: (seen.append(len(x)), real_augment(x, gen))[1])
+    y = np.repeat([0, 1, 2], [200, 20, 4])
+    x = _blobs(rng, len(y))[0]
+    vx, vy = _blobs(rng, 12)
+    cfg = ClassifierConfig(backbone="resnet10t", epochs=2, batch_size=16, steps_per_epoch=5)
+    model = train_classifier(x, y, vx, vy, ["a", "b", "c"], method, cfg, seed=0, device="cpu")
+    assert seen == [16] * 10 and len(model.history) == 2  # not ceil(224 / 16) = 14 a pass
+    seen.clear()
+    train_classifier(x, y, vx, vy, ["a", "b", "c"], method, ClassifierConfig(backbone="resnet10t", epochs=1,
+                                                                             batch_size=16), seed=0, device="cpu")
+    assert len(seen) == 14  # null: one pass over the training images
+
+
+def test_epoch_permutation_covers_every_image_per_pass(rng):
+    from tailfill.classify import epoch_permutation
+
+    order = epoch_permutation(rng, 10, 25)
+    assert len(order) == 25 and sorted(order[:10]) == list(range(10)) and sorted(order[10:20]) == list(range(10))
+    a, b = np.random.default_rng(3), np.random.default_rng(3)
+    np.testing.assert_array_equal(epoch_permutation(a, 7, 7), b.permutation(7))  # null budget: as before

@@ -362,6 +362,29 @@ def test_evaluate_on_an_external_labelled_set(finished_run):
     assert "## External evaluation: ext" in (run / "report" / "report.md").read_text()
 
 
+def test_evaluate_on_a_ham10000_layout_folder(finished_run):
+    """A hospital's export in HAM10000's layout scores the same images to the same numbers as the ISIC one."""
+    import shutil
+
+    from tailfill.data.sources import ISIC2019_GT, ISIC2019_IMAGES
+
+    run, _ = finished_run
+    src, ham = run / "demo_data", run.parent / "ham_export"
+    gt = pd.read_csv(src / ISIC2019_GT)
+    shutil.copytree(src / ISIC2019_IMAGES, ham / "HAM10000_images_part_1")
+    labels = np.array(ISIC2019_CLASSES)[gt[ISIC2019_CLASSES].to_numpy().argmax(1)]
+    pd.DataFrame({"lesion_id": gt["image"], "image_id": gt["image"], "dx": "nv"}).to_csv(
+        ham / "HAM10000_metadata.csv", index=False)
+    pd.DataFrame({"image_id": gt["image"], "isic2019_label": labels}).to_csv(ham / "isic2019_labels.csv", index=False)
+    assert main(["evaluate", "--run-dir", str(run), "--data-root", str(src), "--name", "as_isic"]) == 0
+    assert main(["evaluate", "--run-dir", str(run), "--data-root", str(ham), "--data-kind", "ham10000",
+                 "--name", "as_ham"]) == 0
+    a, b = (json.loads((run / "results" / "external" / n / "summary.json").read_text()) for n in ("as_isic", "as_ham"))
+    assert b["kind"] == "ham10000" and b["images"] == a["images"] == len(gt)
+    assert {m: s["balanced_accuracy"]["mean"] for m, s in a["models"].items()} == \
+        {m: s["balanced_accuracy"]["mean"] for m, s in b["models"].items()}
+
+
 def test_official_scorer_agrees_with_tailfill(finished_run):
     scoring = pytest.importorskip("isic_challenge_scoring")
     if not hasattr(pd.DataFrame, "applymap"):  # the scorer still calls applymap, removed in pandas 3

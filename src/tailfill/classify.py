@@ -322,6 +322,11 @@ class TrainedClassifier:
         return out
 
 
+def epoch_permutation(rng: np.random.Generator, n: int, draws: int) -> np.ndarray:
+    """``draws`` indices into ``n`` images, every image once per pass (one permutation when ``draws == n``)."""
+    return np.concatenate([rng.permutation(n) for _ in range(math.ceil(draws / n))])[:draws]
+
+
 def train_classifier(train_images: np.ndarray, train_labels: np.ndarray, val_images: np.ndarray,
                      val_labels: np.ndarray, classes: list, method: str, cfg, seed: int = 0,
                      device: str = "auto", synthetic: np.ndarray | None = None,
@@ -355,7 +360,12 @@ def train_classifier(train_images: np.ndarray, train_labels: np.ndarray, val_ima
         counts = class_counts(np.asarray(train_labels)[~synthetic], num_classes)
     criterion = LongTailLoss(spec["loss"], counts, spec.get("drw", False)).to(accelerator.device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = max(1, math.ceil(len(train_labels) / cfg.batch_size / accelerator.num_processes))
+    # a fixed budget (classifier.steps_per_epoch) keeps a fit's cost off the head class's size: NV's 5,000
+    # images need not be seen each epoch for DF's 80 to be drawn often enough
+    steps_per_epoch = cfg.steps_per_epoch or max(1, math.ceil(len(train_labels) / cfg.batch_size /
+                                                              accelerator.num_processes))
+    draws = cfg.steps_per_epoch * cfg.batch_size * accelerator.num_processes if cfg.steps_per_epoch \
+        else len(train_labels)
     total = cfg.epochs * steps_per_epoch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.15)
     model, opt = accelerator.prepare(model, opt)
@@ -380,8 +390,8 @@ def train_classifier(train_images: np.ndarray, train_labels: np.ndarray, val_ima
     for epoch in range(cfg.epochs):
         model.train()
         t0 = time.time()
-        order = rng.choice(len(train_labels), size=len(train_labels), p=probs) if probs is not None \
-            else rng.permutation(len(train_labels))
+        order = rng.choice(len(train_labels), size=draws, p=probs) if probs is not None \
+            else epoch_permutation(rng, len(train_labels), draws)
         # under `accelerate launch` each process takes its share of the epoch (same seed -> disjoint shares)
         order = order[accelerator.process_index::accelerator.num_processes]
         losses = []

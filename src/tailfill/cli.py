@@ -38,6 +38,13 @@ def _load(args):
     return cfg
 
 
+def external_kinds() -> list[str]:
+    """The dataset kinds an external labelled set can be read as: every registered one but the drawn demo."""
+    from .data.prepare import DATASETS
+
+    return [k for k in DATASETS if k != "demo"]
+
+
 def final_table(run) -> str:
     """The closing text of ``tailfill run``: results per model and per-class gains."""
 
@@ -87,9 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         common(p)
         p.add_argument("--force", action="store_true", help="run it again even if it is marked done")
         if stage == "evaluate":
-            p.add_argument("--data-kind", default="isic2019", choices=["isic2019", "folder", "csv"],
-                           help="layout of the external set")
-            p.add_argument("--data-root", help="external set: ISIC 2019 root or image folder (root/<class>/...)")
+            p.add_argument("--data-kind", choices=external_kinds(),
+                           help="layout of the external set (default: the run's own data.kind, or isic2019)")
+            p.add_argument("--data-root", help="external set: its root (ISIC 2019 or HAM10000 layout, or an "
+                                               "image folder root/<class>/...)")
             p.add_argument("--data-csv", help="external set: CSV with image,label (kind csv) or an ISIC ground truth")
             p.add_argument("--name", help="name of the external set (default: the folder's name)")
             p.add_argument("--model", action="append", help="augmented | baseline | METHOD | KIND:METHOD "
@@ -215,7 +223,8 @@ def _dispatch(args) -> int:
         from .predict import evaluate_external
 
         name = args.name or Path(args.data_root or args.data_csv).resolve().name
-        out = evaluate_external(run, name, args.data_kind, args.data_root, args.data_csv, args.model)
+        kind = args.data_kind or (run.cfg.data.kind if run.cfg.data.kind in external_kinds() else "isic2019")
+        out = evaluate_external(run, name, kind, args.data_root, args.data_csv, args.model)
         print(f"external evaluation written to {out}")
         return 0
     run_stage(run, args.command, force=args.force)

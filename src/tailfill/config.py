@@ -17,10 +17,15 @@ import yaml
 
 @dataclass
 class DataConfig:
-    kind: str = "demo"                 # demo | isic2019 | folder | csv
+    kind: str = "demo"                 # demo | isic2019 | ham10000 | folder | csv
     root: Optional[str] = None         # dataset root (demo: where to draw it; default <run_dir>/demo_data)
-    csv: Optional[str] = None          # kind=csv: CSV with columns image,label[,lesion_id]
+    csv: Optional[str] = None          # kind=csv: CSV with columns image,label[,lesion_id]; isic2019/ham10000:
+                                       # an ISIC 2019 ground-truth CSV elsewhere (default: the root's)
+    labels: str = "isic2019"           # ham10000: isic2019 (ISIC 2019's 8 classes) | dx (HAM's own 7)
     image_size: int = 32               # side of the cached square images every stage works on
+    resize: str = "crop"               # a non-square image (and its mask) to the square: crop (centre square) |
+                                       # squash | pad (black sides); the same in prepare, generate and predict
+    dataset_masks: bool = True         # use the lesion masks a dataset ships (ham10000) instead of segmenting
     val_fraction: float = 0.15         # held-out real images: model selection and OOD calibration
     test_fraction: float = 0.2
     split_file: Optional[str] = None   # CSV image,split (train/val/test/unused): your own split instead of ours
@@ -132,6 +137,8 @@ class ClassifierConfig:
     input_size: Optional[int] = None   # resize images to this side before the network (None: data.image_size);
                                        # 128 lets a pretrained backbone read a 64 px cache at its own scale
     epochs: int = 20
+    steps_per_epoch: Optional[int] = None  # batches an epoch, drawn by the method's sampler (null: one pass over
+                                       # the training images); a fixed budget keeps a fit's cost off the head's size
     batch_size: int = 64
     lr: float = 2e-3
     weight_decay: float = 5e-4
@@ -271,7 +278,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 def validate(cfg: Config) -> None:
     """Cross-field checks; allowed names come from the registries (dataset kinds, schedulers, scorers, methods)."""
     from .classify import METHODS
+    from .data.images import RESIZE_MODES
     from .data.prepare import DATASETS
+    from .data.sources import HAM_LABELS
     from .diffusion import SCHEDULERS
     from .ood import SCORERS
 
@@ -293,9 +302,12 @@ def validate(cfg: Config) -> None:
     check(all(n is None or n > 0 for n in (d.val_per_class, d.test_per_class)),
           "data.val_per_class and data.test_per_class are positive (or null)")
     one_of(d.on_bad_image, ("error", "skip"), "data.on_bad_image")
+    one_of(d.labels, HAM_LABELS, "data.labels")
+    one_of(d.resize, RESIZE_MODES, "data.resize")
     one_of(g.sampler, SCHEDULERS, "generate.sampler")
     one_of(g.mask_source, ("auto", "user", "random"), "generate.mask_source")
-    check(g.mask_source != "user" or d.masks_dir, "mask_source=user needs data.masks_dir")
+    check(g.mask_source != "user" or d.masks_dir or (d.kind == "ham10000" and d.dataset_masks),
+          "mask_source=user needs data.masks_dir (or a dataset that ships masks: ham10000)")
     strengths = g.strength if isinstance(g.strength, list) else [g.strength]
     check(len(strengths) > 0 and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1
                                      for v in strengths),
@@ -318,6 +330,7 @@ def validate(cfg: Config) -> None:
     check(nd == "auto" or (isinstance(nd, (int, float)) and -1 <= nd <= 1),
           "select.near_duplicate_similarity is auto or a cosine similarity in [-1, 1]")
     check(len(c.seeds) > 0, "classifier.seeds must not be empty")
+    check(c.steps_per_epoch is None or c.steps_per_epoch > 0, "classifier.steps_per_epoch > 0 (or null: one pass)")
     check(len(c.methods) > 0, "classifier.methods must not be empty")
     for m in c.methods + ([] if c.augmented_method == "best" else [c.augmented_method]):
         check(m in METHODS, f"unknown classifier method {m!r}; choose from {', '.join(METHODS)}")

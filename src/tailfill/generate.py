@@ -22,7 +22,7 @@ from scipy import ndimage
 
 from .diffusion import InpaintPipeline
 from .io import atomic_path, read_table, write_csv
-from .masks import load_user_mask, random_shape_mask
+from .masks import random_shape_mask
 from .progress import progress
 from .training import to_model_range, to_uint8
 
@@ -92,16 +92,17 @@ def make_plan(train_frame: pd.DataFrame, classes: list, deficits: dict[int, int]
     return pd.DataFrame(rows)
 
 
-def plan_masks(plan: pd.DataFrame, context_masks: np.ndarray | None, size: int, cfg,
-               masks_dir: str | None = None) -> np.ndarray:
-    """The (N, H, W) float mask of each planned image: 1 where the new lesion is drawn."""
+def plan_masks(plan: pd.DataFrame, context_masks: np.ndarray | None, size: int, cfg) -> np.ndarray:
+    """The (N, H, W) float mask of each planned image: 1 where the new lesion is drawn. ``context_masks`` are
+    the prepared lesion masks (segmented, the dataset's ground truth, or ``data.masks_dir``'s files, all made
+    square as the images were); ``user`` takes them as they are, ``auto`` dilates them."""
     masks = []
     for row in plan.itertuples():
         if row.mask_source == "auto":
             m = context_masks[row.context_index]
             m = ndimage.binary_dilation(m > 0.5, iterations=cfg.mask_dilation) if cfg.mask_dilation else m > 0.5
         elif row.mask_source == "user":
-            m = load_user_mask(masks_dir, row.source_image, size)
+            m = context_masks[row.context_index] > 0.5
         else:
             m = random_shape_mask(size, np.random.default_rng(row.seed))
         masks.append(np.asarray(m, dtype=np.float32))
@@ -172,7 +173,7 @@ def shard_path(out_dir: Path, k: int) -> Path:
 
 
 def generate(plan: pd.DataFrame, context_images: np.ndarray, context_masks: np.ndarray | None, ckpt_dir: Path,
-             out_dir: Path, cfg, masks_dir: str | None = None, device: str = "cpu", rank: int = 0,
+             out_dir: Path, cfg, device: str = "cpu", rank: int = 0,
              world: int = 1) -> pd.DataFrame:
     """Make every planned image not made yet; returns the full manifest once all shards exist.
 
@@ -199,7 +200,7 @@ def generate(plan: pd.DataFrame, context_images: np.ndarray, context_masks: np.n
             continue
         t0 = time.time()
         part = plan.iloc[k * cfg.shard_size:(k + 1) * cfg.shard_size].reset_index(drop=True)
-        masks = plan_masks(part, context_masks, size, cfg, masks_dir)
+        masks = plan_masks(part, context_masks, size, cfg)
         outputs = synthesize(pipe, part, context_images, masks, cfg)
         for row, img, m in zip(part.itertuples(), outputs, masks):
             _save_png(out_dir / row.file, img)

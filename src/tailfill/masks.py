@@ -8,10 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from scipy import ndimage
 
-from .data.images import ImageError
+from .data.lesion_masks import MaskFolder
 
 
 def _otsu(values: np.ndarray) -> float:
@@ -106,17 +105,7 @@ def random_shape_mask(size: int, rng: np.random.Generator) -> np.ndarray:
     return mask.astype(np.float32)
 
 
-def load_user_mask(masks_dir: str | Path, image_id: str, size: int) -> np.ndarray:
-    """Load ``<image_id>.png`` or ``<image_id>_segmentation.png`` (ISIC task 1 naming), resized."""
-    masks_dir = Path(masks_dir)
-    for name in (f"{image_id}.png", f"{image_id}_segmentation.png", f"{image_id}_mask.png"):
-        path = masks_dir / name
-        if path.is_file():
-            try:
-                with Image.open(path) as m:
-                    m = m.convert("L").resize((size, size), Image.Resampling.NEAREST)
-                    return (np.asarray(m) > 127).astype(np.float32)
-            except OSError as e:
-                raise ImageError(f"cannot read mask {path}: {e}") from None
-    raise ImageError(f"no mask for image {image_id} in {masks_dir} (looked for {image_id}.png, "
-                     f"{image_id}_segmentation.png)")
+def load_user_mask(masks_dir: str | Path, image_id: str, size: int, resize: str = "crop") -> np.ndarray:
+    """Load ``<image_id>.png`` or ``<image_id>_segmentation.png`` (ISIC task 1 naming), made square by the
+    images' ``data.resize`` rule (centre crop by default), as a float mask."""
+    return MaskFolder(masks_dir).read(image_id, size, resize).astype(np.float32)

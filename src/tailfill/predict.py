@@ -99,7 +99,7 @@ def load_images(run: Run, frame: pd.DataFrame, cache_name: str) -> tuple[pd.Data
     """Decode and resize as the run's own cache did; bad images raise or, with data.on_bad_image=skip, drop."""
     d = run.cfg.data
     images, ok = build_cache([Path(p) for p in frame["path"]], d.image_size, run.paths.cache / cache_name,
-                             d.workers, d.on_bad_image)
+                             d.workers, d.on_bad_image, d.resize)
     return frame[ok].reset_index(drop=True), take_rows(images, ok)  # still on disk: predicted batch by batch
 
 

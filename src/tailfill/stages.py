@@ -137,8 +137,8 @@ def generate(run: Run) -> None:
     proc.barrier()
     plan = read_table(run.paths.plan)
     log.info("generate: %d images for %s", len(plan), {k: int(v) for k, v in plan["class"].value_counts().items()})
-    make(plan, tr.images, tr.masks, run.paths.checkpoint, run.paths.synthetic, run.cfg.generate,
-         run.cfg.data.masks_dir, run.device, proc.rank, proc.world)
+    make(plan, tr.images, tr.masks, run.paths.checkpoint, run.paths.synthetic, run.cfg.generate, run.device,
+         proc.rank, proc.world)
     proc.barrier()
     if proc.is_main:
         if not run.paths.manifest.is_file():  # the last shard was another process's, or the plan is empty

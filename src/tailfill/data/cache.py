@@ -16,8 +16,8 @@ from .rows import NpyRows, create_npy
 log = logging.getLogger(__name__)
 
 
-def _key(paths: list[Path], size: int) -> str:
-    h = hashlib.sha256(f"v1:{size}".encode())
+def _key(paths: list[Path], size: int, resize: str = "crop") -> str:
+    h = hashlib.sha256((f"v1:{size}" if resize == "crop" else f"v1:{size}:{resize}").encode())  # crop: old keys
     for p in paths:
         st = p.stat() if p.is_file() else None
         h.update(os.fsencode(p) + f"|{st.st_size if st else -1}|{st.st_mtime_ns if st else -1}\n".encode())
@@ -25,9 +25,9 @@ def _key(paths: list[Path], size: int) -> str:
 
 
 def build_cache(paths: list[Path], size: int, cache_dir: str | Path, workers: int = 2,
-                on_bad_image: str = "error") -> tuple[NpyRows, np.ndarray]:
+                on_bad_image: str = "error", resize: str = "crop") -> tuple[NpyRows, np.ndarray]:
     """Return ``(images, ok)``: the (N, size, size, 3) uint8 images, on disk (:class:`NpyRows`), and which
-    images decoded.
+    images decoded. ``resize`` makes a non-square image square (:func:`~tailfill.data.images.fit_square`).
 
     The array is stored in ``cache_dir`` under a key of the file list, sizes and mtimes, so a
     changed file rebuilds it. Unreadable images raise ImageError naming the file, or with
@@ -35,7 +35,7 @@ def build_cache(paths: list[Path], size: int, cache_dir: str | Path, workers: in
     """
     paths = [Path(p) for p in paths]
     cache_dir = Path(cache_dir)
-    key = _key(paths, size)
+    key = _key(paths, size, resize)
     arr_path, meta_path = cache_dir / f"images_{size}px_{key}.npy", cache_dir / f"images_{size}px_{key}.json"
     if arr_path.is_file() and meta_path.is_file():
         meta = read_json(meta_path)
@@ -55,7 +55,7 @@ def build_cache(paths: list[Path], size: int, cache_dir: str | Path, workers: in
         try:
             def load(i):
                 try:
-                    os.pwrite(fd, np.ascontiguousarray(read_image(paths[i], size)).tobytes(), offset + i * row_bytes)
+                    os.pwrite(fd, np.ascontiguousarray(read_image(paths[i], size, resize)).tobytes(), offset + i * row_bytes)
                 except ImageError as e:
                     if on_bad_image != "skip":
                         raise

@@ -11,6 +11,27 @@ class ImageError(ValueError):
     """An image file is missing, corrupt or unreadable; the message names the file."""
 
 
+# how a non-square image becomes the square cache (``data.resize``); its lesion mask goes the same way
+RESIZE_MODES = ("crop", "squash", "pad")
+
+
+def fit_square(img: Image.Image, size: int, resize: str = "crop",
+               resample: Image.Resampling = Image.Resampling.BICUBIC) -> Image.Image:
+    """``img`` as a ``size`` x ``size`` image: ``crop`` keeps the centre square (the long side loses its
+    ends), ``squash`` scales each side on its own (the lesion's aspect changes), ``pad`` fits the long side
+    and fills the short side's ends with black, as a dermoscope's vignette is."""
+    if resize == "crop":
+        return ImageOps.fit(img, (size, size), resample)
+    if resize == "squash":
+        return img.resize((size, size), resample)
+    if resize == "pad":
+        fitted = ImageOps.contain(img, (size, size), resample)
+        canvas = Image.new(img.mode, (size, size), 0)
+        canvas.paste(fitted, ((size - fitted.width) // 2, (size - fitted.height) // 2))
+        return canvas
+    raise ValueError(f"unknown resize mode {resize!r}; choose from {', '.join(RESIZE_MODES)}")
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         # 16-bit / float greyscale: stretch the real range to 8 bits instead of clipping at 255
@@ -25,8 +46,9 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def read_image(path: str | Path, size: int | None = None) -> np.ndarray:
-    """Read ``path`` as an (H, W, 3) uint8 array; with ``size``, resize and centre-crop to size x size.
+def read_image(path: str | Path, size: int | None = None, resize: str = "crop") -> np.ndarray:
+    """Read ``path`` as an (H, W, 3) uint8 array; with ``size``, make it size x size by ``resize``
+    (:func:`fit_square`: centre crop by default).
 
     Raises ImageError naming the file for a missing, truncated or non-image file.
     """
@@ -41,7 +63,7 @@ def read_image(path: str | Path, size: int | None = None) -> np.ndarray:
             img.load()
             img = _to_rgb(img)
             if size is not None:
-                img = ImageOps.fit(img, (size, size), Image.Resampling.BICUBIC)
+                img = fit_square(img, size, resize)
             return np.asarray(img, dtype=np.uint8).copy()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"cannot read image {path}: {e}") from None

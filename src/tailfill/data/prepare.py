@@ -19,7 +19,7 @@ import pandas as pd
 from .cache import build_cache
 from .demo import make_demo_dataset
 from .rows import NpyRows, take_rows
-from .sources import LabeledImages, load_csv_dataset, load_image_folder, load_isic2019
+from .sources import LabeledImages, load_csv_dataset, load_ham10000, load_image_folder, load_isic2019
 from .splits import long_tail_subsample, make_splits
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ def _demo(d, work_dir: Path, seed: int) -> LabeledImages:
 DATASETS: dict[str, Callable[..., LabeledImages]] = {
     "demo": _demo,
     "isic2019": lambda d, work_dir, seed: load_isic2019(d.root, d.on_bad_image, d.csv),
+    "ham10000": lambda d, work_dir, seed: load_ham10000(d.root, d.on_bad_image, d.labels, d.csv),
     "folder": lambda d, work_dir, seed: load_image_folder(d.root),
     "csv": lambda d, work_dir, seed: load_csv_dataset(d.csv, d.root, on_bad_image=d.on_bad_image),
 }
@@ -134,9 +135,27 @@ def apply_split_table(frame: pd.DataFrame, table: pd.DataFrame, classes: list, w
     return split
 
 
+def lesion_masks(d, dataset: LabeledImages, frame: pd.DataFrame, images, segment) -> np.ndarray:
+    """Every image's lesion mask (N, H, W uint8): ``data.masks_dir``'s files (one per image), else the masks
+    the dataset ships (``data.dataset_masks``; an image without one is segmented), else ``segment(images)``."""
+    from .lesion_masks import MaskFolder
+
+    if d.masks_dir:
+        folder = MaskFolder(d.masks_dir)
+        return np.stack([folder.read(i, d.image_size, d.resize) for i in frame["image"]])
+    if not (d.dataset_masks and dataset.masks is not None):
+        return segment(images)
+    masks, found = dataset.masks.load(frame["image"], d.image_size, d.resize)
+    log.info("lesion masks: the dataset's own for %d of %d images%s", int(found.sum()), len(found),
+             "" if found.all() else "; the rest segmented")
+    if not found.all():
+        masks[~found] = segment(take_rows(images, ~found))
+    return masks
+
+
 def prepare_dataset(d, work_dir: str | Path, seed: int = 0) -> PreparedData:
     """Load, cap, cache, split (grouped by lesion), thin the training split, and find the lesion masks."""
-    from ..masks import load_user_mask, segment_batch
+    from ..masks import segment_batch
 
     work_dir = Path(work_dir)
     dataset = load_dataset(d, work_dir, seed)
@@ -149,7 +168,8 @@ def prepare_dataset(d, work_dir: str | Path, seed: int = 0) -> PreparedData:
             keep[rng.permutation(idx)[: d.max_per_class]] = True
         frame = frame[keep].reset_index(drop=True)
     images, ok = build_cache([dataset.root / p for p in frame["path"]], d.image_size,
-                             Path(d.cache_dir) if d.cache_dir else work_dir / "cache", d.workers, d.on_bad_image)
+                             Path(d.cache_dir) if d.cache_dir else work_dir / "cache", d.workers, d.on_bad_image,
+                             d.resize)
     if not ok.all():
         frame, images = frame[ok].reset_index(drop=True), take_rows(images, ok)
     labels, groups = frame["label"].to_numpy(), frame["lesion_id"].to_numpy()
@@ -165,10 +185,7 @@ def prepare_dataset(d, work_dir: str | Path, seed: int = 0) -> PreparedData:
     if ratio:
         keep = long_tail_subsample(labels, split, ratio, seed, groups=groups)
         split = np.where(keep, split, "unused")
-    if d.masks_dir:
-        masks = np.stack([load_user_mask(d.masks_dir, i, d.image_size).astype(np.uint8) for i in frame["image"]])
-    else:
-        masks = segment_batch(images)
+    masks = lesion_masks(d, dataset, frame, images, segment_batch)
     frame["class"] = [dataset.classes[i] for i in labels]
     frame["split"] = split
     return PreparedData(frame, list(dataset.classes), list(dataset.output_classes), images, masks, str(dataset.root))
