@@ -23,7 +23,8 @@ from diffusers import AutoencoderKL
 
 from .io import atomic_dir, load_state, recover_dir, save_state, write_json
 from .progress import progress
-from .training import check_finite, ema_update, finish_tracking, make_accelerator, optimizer_step, to_model_range
+from .training import (check_finite, ema_update, finish_tracking, kept_checkpoint, make_accelerator, optimizer_step,
+                       to_model_range)
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +156,7 @@ def train_autoencoder(images_u8: np.ndarray, cfg, out_dir: str | Path, seed: int
         with accelerator.autocast():
             rec, kl = model(x, noise)
         loss = F.mse_loss(rec.float(), x) + cfg.kl_weight * kl.float().mean()
-        check_finite(loss, f"autoencoder step {step}", f"the last good checkpoint ({ckpt}) is kept; lower "
-                     "autoencoder.lr")
+        check_finite(loss, f"autoencoder step {step}", lambda: f"{kept_checkpoint(ckpt)}; lower autoencoder.lr")
         optimizer_step(accelerator, opt, model, loss)
         ema_update(ema, accelerator.unwrap_model(model).vae, cfg.ema_decay, step)
         step += 1

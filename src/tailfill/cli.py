@@ -38,6 +38,20 @@ def _load(args):
     return cfg
 
 
+def describe_os_error(e: OSError) -> str:
+    """One line for a failed file operation: what, where, and what to do (a full disk, no permission, ...)."""
+    import errno
+
+    where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f) or "a file"
+    hint = {errno.ENOSPC: "free some space (or point run_dir / data.cache_dir elsewhere) and resume with "
+                          "`tailfill run --resume`; files already written are intact",
+            errno.EACCES: "check the permissions, or choose another --run-dir",
+            errno.EROFS: "the file system is read-only; choose another --run-dir",
+            errno.EEXIST: "a file of that name is in the way; choose another --run-dir",
+            errno.ENOTDIR: "a file stands where a directory is needed; choose another --run-dir"}.get(e.errno)
+    return f"{e.strerror or e}: {where}" + (f"; {hint}" if hint else "")
+
+
 def external_kinds() -> list[str]:
     """The dataset kinds an external labelled set can be read as: every registered one but the drawn demo."""
     from .data.prepare import DATASETS
@@ -140,9 +154,9 @@ def main(argv: list[str] | None = None) -> int:
         from .training import TrainingDivergedError
 
         if args.debug or not isinstance(e, (RunDirError, DataError, ImageError, TrainingDivergedError, ValueError,
-                                            FileNotFoundError, RuntimeError)):
+                                            OSError, RuntimeError)):
             raise
-        print(f"tailfill: error: {e}", file=sys.stderr)
+        print(f"tailfill: error: {describe_os_error(e) if isinstance(e, OSError) else e}", file=sys.stderr)
         return 2
 
 

@@ -193,7 +193,8 @@ class Config:
 
 def _build(cls, values: dict, where: str):
     if not isinstance(values, dict):
-        raise ValueError(f"config section {where or 'top level'} must be a mapping, got {type(values).__name__}")
+        raise ValueError(f"config section {where.rstrip('.') or 'top level'} must be a mapping of keys, got "
+                         f"{values!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
@@ -260,9 +261,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
         try:
-            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
+            values = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
             raise ValueError(f"{path}: not valid YAML: {e}") from None
+        if values is None:  # an empty file is more likely a mistake than a wish for the demo
+            raise ValueError(f"config file {path} is empty; write the keys to change (tailfill show-config lists "
+                             "them), or leave out --config to run the demo")
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: the top level must be a mapping of sections (data:, classifier:, ...), "
+                             f"got a {type(values).__name__}")
     for item in overrides or []:
         if "=" not in item:
             raise ValueError(f"override {item!r} must look like section.key=value")
@@ -271,8 +278,86 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         parts = key.strip().split(".")
         for p in parts[:-1]:
             node = node.setdefault(p, {})
-        node[parts[-1]] = yaml.safe_load(raw)
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r}: config section {p} must be a mapping, got {node!r}")
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ValueError(f"override {item!r}: not a valid YAML value: {e}") from None
     return config_from_dict(values)
+
+# the allowed range of every numeric key, in interval notation; checked at load, naming the key (a test
+# makes sure a new numeric key gets one). NaN is never allowed, infinity only where the range says inf].
+RANGES = {
+    "seed": "[0, inf)",
+    "data.image_size": "[8, inf)", "data.val_fraction": "(0, 0.5)", "data.test_fraction": "(0, 0.5)",
+    "data.folds": "[2, inf)", "data.fold": "[0, inf)", "data.val_per_class": "[1, inf)",
+    "data.test_per_class": "[1, inf)", "data.imbalance_ratio": "[1, inf)", "data.max_per_class": "[1, inf)",
+    "data.workers": "[1, inf)", "data.demo_images": "[48, inf)", "data.demo_imbalance": "[1, inf)",
+    "autoencoder.block_out_channels": "[1, inf)", "autoencoder.latent_channels": "[1, inf)", "autoencoder.layers_per_block": "[1, inf)",
+    "autoencoder.train_steps": "[1, inf)", "autoencoder.batch_size": "[1, inf)", "autoencoder.crop_size": "[1, inf)",
+    "autoencoder.lr": "(0, inf)", "autoencoder.kl_weight": "[0, inf)", "autoencoder.ema_decay": "[0, 1)",
+    "autoencoder.checkpoint_every": "[1, inf)", "autoencoder.log_every": "[1, inf)",
+    "diffusion.block_out_channels": "[1, inf)", "diffusion.lora_rank": "[1, inf)", "diffusion.class_tokens": "[1, inf)", "diffusion.layers_per_block": "[1, inf)",
+    "diffusion.train_steps": "[1, inf)", "diffusion.batch_size": "[1, inf)", "diffusion.lr": "(0, inf)",
+    "diffusion.ema_decay": "[0, 1)", "diffusion.cond_drop_prob": "[0, 1)", "diffusion.num_train_timesteps": "[2, inf)",
+    "diffusion.lesion_mask_prob": "[0, 1]", "diffusion.mask_loss_weight": "[0, inf)",
+    "diffusion.class_sampling_power": "[0, 1]", "diffusion.snr_gamma": "(0, inf)",
+    "diffusion.checkpoint_every": "[1, inf)", "diffusion.log_every": "[1, inf)",
+    "generate.target": "[0, inf)", "generate.oversample": "(0, inf)", "generate.steps": "[1, inf)",
+    "generate.guidance_scale": "[0, inf)", "generate.latent_clip": "(0, inf)", "generate.strength": "(0, 1]",
+    "generate.mask_dilation": "[0, inf)", "generate.batch_size": "[1, inf)", "generate.shard_size": "[1, inf)",
+    "generate.seed": "[0, inf)",
+    "select.k": "[1, inf)", "select.real_quantile": "(0, 1]", "select.keep_fraction": "(0, 1]",
+    "select.min_real_quantile": "[0, 1)", "select.fill_fraction": "[0, inf)",
+    "select.near_duplicate_similarity": "[-1, 1]", "select.judge_size": "[32, inf)",
+    "select.judge_reject_confidence": "(0, 1]", "select.judge_max_confidence": "(0, 1]",
+    "classifier.seeds": "[0, inf)", "classifier.input_size": "[8, inf)", "classifier.epochs": "[1, inf)", "classifier.steps_per_epoch": "[1, inf)",
+    "classifier.batch_size": "[2, inf)", "classifier.lr": "(0, inf)", "classifier.weight_decay": "[0, inf)",
+    "classifier.synthetic_max_ratio": "[0, inf)", "classifier.synthetic_share": "[0, 1]",
+    "classifier.synthetic_loss_weight": "(0, inf)", "classifier.soft_label_gamma": "[0, inf)",
+    "classifier.head_epochs": "[1, inf)", "classifier.feature_share": "(0, 1]", "classifier.feature_steps": "[1, inf)",
+    "classifier.ema_decay": "(0, 1)",
+}
+
+
+def in_range(value: float, interval: str) -> bool:
+    """Whether ``value`` lies in ``interval``, written "[0, 1)", "(0, inf)" and so on."""
+    lo_s, hi_s = (x.strip() for x in interval[1:-1].split(","))
+    lo, hi = float(lo_s), float(hi_s)
+    if value != value:  # NaN
+        return False
+    above = value >= lo if interval[0] == "[" else value > lo
+    below = value <= hi if interval[-1] == "]" else value < hi
+    return above and below
+
+
+def numeric_values(cfg: "Config"):
+    """``(key, value)`` for every number in the config; a list's items each (e.g. every classifier.seeds)."""
+    def numbers(key, value):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            yield key, value
+        elif isinstance(value, list):
+            for v in value:
+                yield from numbers(key, v)
+
+    for top in dataclasses.fields(cfg):
+        value = getattr(cfg, top.name)
+        if dataclasses.is_dataclass(value):
+            for f in dataclasses.fields(value):
+                yield from numbers(f"{top.name}.{f.name}", getattr(value, f.name))
+        else:
+            yield from numbers(top.name, value)
+
+
+def check_ranges(cfg: "Config") -> None:
+    """Every number within its key's range (``RANGES``); the message names the key, the value and the range."""
+    for key, value in numeric_values(cfg):
+        interval = RANGES.get(key)
+        if interval is None:
+            raise ValueError(f"invalid config: {key} has no declared range (add it to config.RANGES)")
+        if not in_range(value, interval):
+            raise ValueError(f"invalid config: {key}={value!r} is out of range; allowed: {interval}")
 
 
 def validate(cfg: Config) -> None:
@@ -291,16 +376,13 @@ def validate(cfg: Config) -> None:
     def one_of(value, allowed, key: str):
         check(value in allowed, f"{key}={value!r}; choose from {', '.join(allowed)}")
 
+    check_ranges(cfg)
     d, g, s, c = cfg.data, cfg.generate, cfg.select, cfg.classifier
     one_of(d.kind, DATASETS, "data.kind")
     check(d.kind == "demo" or d.root or d.csv, "data.root is required for real data")
-    check(d.image_size >= 8 and d.image_size % 8 == 0, "data.image_size must be a multiple of 8")
-    check(0 < d.val_fraction < 0.5 and 0 < d.test_fraction < 0.5, "split fractions in (0, 0.5)")
-    check(d.folds is None or d.folds >= 2, "data.folds is at least 2 (or null)")
+    check(d.image_size % 8 == 0, f"data.image_size={d.image_size} must be a multiple of 8")
     check(d.fold is None or (d.folds is not None and 0 <= d.fold < d.folds), "data.fold in [0, data.folds)")
     check(not (d.folds and d.split_file), "data.folds and data.split_file exclude each other")
-    check(all(n is None or n > 0 for n in (d.val_per_class, d.test_per_class)),
-          "data.val_per_class and data.test_per_class are positive (or null)")
     one_of(d.on_bad_image, ("error", "skip"), "data.on_bad_image")
     one_of(d.labels, HAM_LABELS, "data.labels")
     one_of(d.resize, RESIZE_MODES, "data.resize")
@@ -315,35 +397,22 @@ def validate(cfg: Config) -> None:
     check(g.context_classes in ("all", "same") or isinstance(g.context_classes, list),
           "generate.context_classes is all, same or a list of classes")
     one_of(s.method, list(SCORERS) + ["none"], "select.method")
-    check(0 < s.keep_fraction <= 1, "select.keep_fraction in (0, 1]")
-    check(0 < s.real_quantile <= 1, "select.real_quantile in (0, 1]")
     check(s.min_real_quantile is None or 0 <= s.min_real_quantile < s.real_quantile,
           "select.min_real_quantile in [0, select.real_quantile) or null")
-    check(0 <= s.fill_fraction, "select.fill_fraction >= 0")
     one_of(s.features, ["classifier", "lite0"], "select.features")
     if s.judge is not None:
         one_of(s.judge, ["classifier", "lite0"], "select.judge")
-    check(0 < s.judge_reject_confidence <= 1, "select.judge_reject_confidence in (0, 1]")
-    check(s.judge_max_confidence is None or 0 < s.judge_max_confidence <= 1, "select.judge_max_confidence in (0, 1]")
-    check(s.judge_size >= 32, "select.judge_size >= 32")
     nd = s.near_duplicate_similarity
     check(nd == "auto" or (isinstance(nd, (int, float)) and -1 <= nd <= 1),
           "select.near_duplicate_similarity is auto or a cosine similarity in [-1, 1]")
     check(len(c.seeds) > 0, "classifier.seeds must not be empty")
-    check(c.steps_per_epoch is None or c.steps_per_epoch > 0, "classifier.steps_per_epoch > 0 (or null: one pass)")
     check(len(c.methods) > 0, "classifier.methods must not be empty")
     for m in c.methods + ([] if c.augmented_method == "best" else [c.augmented_method]):
         check(m in METHODS, f"unknown classifier method {m!r}; choose from {', '.join(METHODS)}")
-    check(c.synthetic_share is None or 0 <= c.synthetic_share <= 1, "classifier.synthetic_share in [0, 1]")
     if c.feature_fill is not None:
         one_of(c.feature_fill, ["gaussian", "diffusion"], "classifier.feature_fill")
         check(c.retrain_head, "classifier.feature_fill acts in the head re-training: set classifier.retrain_head: true")
-    check(0 < c.feature_share <= 1, "classifier.feature_share in (0, 1]")
     one_of(c.head_init, ["reset", "keep"], "classifier.head_init")
-    check(c.feature_steps > 0, "classifier.feature_steps > 0")
-    check(c.input_size is None or c.input_size >= 8, "classifier.input_size >= 8 (or null: the data's size)")
-    check(c.synthetic_loss_weight > 0, "classifier.synthetic_loss_weight > 0")
-    check(c.ema_decay is None or 0 < c.ema_decay < 1, "classifier.ema_decay in (0, 1) (or null: no averaging)")
     if c.keep is not None:
         one_of(c.keep, ["best", "last"], "classifier.keep")
     for key, mp in (("diffusion", cfg.diffusion.mixed_precision), ("classifier", c.mixed_precision)):
@@ -359,9 +428,6 @@ def validate(cfg: Config) -> None:
         crop = cfg.autoencoder.crop_size
         check(crop is None or (crop > 0 and crop % factor == 0),
               f"autoencoder.crop_size must be positive and divisible by the autoencoder's {factor}x")
-    check(cfg.diffusion.train_steps > 0 and cfg.diffusion.batch_size > 0, "diffusion steps and batch size > 0")
     from .training import check_tracker
 
     check_tracker(cfg.report_to)
-    check(cfg.generate.latent_clip is None or cfg.generate.latent_clip > 0, "generate.latent_clip > 0 (or null)")
-    check(cfg.diffusion.snr_gamma is None or cfg.diffusion.snr_gamma > 0, "diffusion.snr_gamma > 0 (or null)")

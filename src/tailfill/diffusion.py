@@ -27,7 +27,8 @@ from .io import atomic_dir, load_state, recover_dir, save_state, write_json
 from .masks import random_shape_mask
 from .progress import progress
 from .training import (TrainingDivergedError, check_finite, class_power_probabilities, digests_per_rank,
-                       ema_update, finish_tracking, make_accelerator, optimizer_step, to_model_range)
+                       ema_update, finish_tracking, kept_checkpoint, make_accelerator, optimizer_step,
+                       to_model_range)
 
 log = logging.getLogger(__name__)
 
@@ -356,9 +357,8 @@ def train_diffusion(images_u8: np.ndarray, labels: np.ndarray, lesion_masks: np.
             pred = unet(model_input(noisy, masked, m), t, class_labels=y).sample
         snr = compute_snr(noise_sched, t) if cfg.snr_gamma is not None else None
         loss = diffusion_loss(pred, noise, m, cfg.mask_loss_weight, snr, cfg.snr_gamma)
-        check_finite(loss, f"diffusion step {step}",
-                     f"the last good checkpoint ({ckpt}) is kept. Lower diffusion.lr or use fp32 "
-                     "(diffusion.mixed_precision=no).")
+        check_finite(loss, f"diffusion step {step}", lambda: f"{kept_checkpoint(ckpt)}. Lower diffusion.lr or use "
+                     "fp32 (diffusion.mixed_precision=no).")
         optimizer_step(accelerator, opt, unet, loss)
         ema_update(ema, accelerator.unwrap_model(unet), cfg.ema_decay, step)
         step += 1

@@ -17,6 +17,7 @@ prepared data.
 """
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ from .data.prepare import PreparedData
 from .data.rows import NpyRows, save_rows
 from .io import read_json, read_table, write_csv, write_json, write_text
 from .training import Tracking, process_info, resolve_device
+
+log = logging.getLogger(__name__)
 
 
 class RunDirError(RuntimeError):
@@ -170,7 +173,13 @@ class Run:
 
     def initialise(self, resume: bool = False, overwrite: bool = False) -> None:
         """Create the run directory, or check that an existing one belongs to this config."""
+        if self.dir.exists() and not self.dir.is_dir():
+            raise RunDirError(f"run directory {self.dir} is a file, not a directory; choose another --run-dir")
         started = self.dir.is_dir() and self.paths.config.is_file()
+        if started and not overwrite and not resume and not self.has_progress():
+            # e.g. a prepare that stopped on bad input: nothing finished, nothing to lose
+            log.info("run directory %s holds no finished stage; starting it again", self.dir)
+            started = False
         if started and overwrite:
             shutil.rmtree(self.dir)
         elif started and not resume:
@@ -194,6 +203,10 @@ class Run:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
         write_text(self.paths.config, self.cfg.to_yaml())
+
+    def has_progress(self) -> bool:
+        """Whether any stage finished here (or in a cross-validation fold of this directory)."""
+        return any(self.paths.stages.glob("*.json")) or any(self.dir.glob("fold_*/stages/*.json"))
 
     # ---------- prepared data
     def save_data(self, data: PreparedData) -> dict:

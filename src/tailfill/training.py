@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Callable
 
@@ -205,10 +206,18 @@ def class_power_probabilities(labels: np.ndarray, power: float, class_mass: np.n
     return p / p.sum()
 
 
-def check_finite(loss: torch.Tensor, where: str, hint: str) -> None:
-    """Raise :class:`TrainingDivergedError` when ``loss`` is NaN or infinite."""
+def check_finite(loss: torch.Tensor, where: str, hint: str | Callable[[], str]) -> None:
+    """Raise :class:`TrainingDivergedError` when ``loss`` is NaN or infinite (``hint`` may be a function: it is
+    called only then)."""
     if not torch.isfinite(loss):
-        raise TrainingDivergedError(f"{where}: loss became {loss.item()}; {hint}")
+        raise TrainingDivergedError(f"{where}: loss became {loss.item()}; {hint() if callable(hint) else hint}")
+
+
+def kept_checkpoint(ckpt: Path) -> str:
+    """What a diverged trainer leaves: the last good checkpoint, or none when none was written yet."""
+    if (Path(ckpt) / "state.pt").is_file():
+        return f"the last good checkpoint ({ckpt}) is kept"
+    return "no checkpoint had been written yet (the first comes after checkpoint_every steps)"
 
 
 def finish_tracking(accelerator) -> None:

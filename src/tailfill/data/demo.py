@@ -118,7 +118,14 @@ def draw_lesion_image(cls: str, rng: np.random.Generator, size: int = 64) -> np.
 def demo_counts(total: int, imbalance: float) -> dict[str, int]:
     """Geometric class counts from NV (head) to DF (tail) with head/tail = ``imbalance``."""
     w = geometric_weights(imbalance, len(DEMO_ORDER))
-    counts = np.maximum(6, np.round(total * w / w.sum())).astype(int)
+    floor = np.zeros(len(w), bool)  # classes held at the minimum of 6 images; the rest share what is left
+    while True:
+        exact = np.where(floor, 6.0, (total - 6 * floor.sum()) * w * ~floor / (w * ~floor).sum())
+        if not (exact < 6).any():
+            break
+        floor |= exact < 6
+    counts = np.floor(exact).astype(int)
+    counts[np.argsort(counts - exact)[: total - counts.sum()]] += 1  # largest remainders: the counts sum to total
     return dict(zip(DEMO_ORDER, counts.tolist()))
 
 
@@ -129,6 +136,8 @@ def make_demo_dataset(root: str | Path, total: int = 1000, imbalance: float = 4.
     About ``repeat_fraction`` of lesions get a second, shifted photo with the same ``lesion_id``,
     as in ISIC, so grouped splitting matters. Skips the work if the set is already complete.
     """
+    if total < 6 * len(DEMO_ORDER):
+        raise ValueError(f"the demo set needs at least {6 * len(DEMO_ORDER)} images (6 per class), got {total}")
     root = Path(root)
     gt_path = root / ISIC2019_GT
     if gt_path.is_file():

@@ -1,10 +1,17 @@
 """Decode one image file into a square uint8 RGB array, whatever its mode or size."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+# larger images are refused as bad images before they are decoded (a decompression bomb, or a scan that would
+# take gigabytes): 64 megapixels is over twice the largest ISIC archive image (6,688 x 4,439)
+MAX_IMAGE_PIXELS = 64_000_000
+# PIL's own warning fires above 89 megapixels, which tailfill refuses first with a named error
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 class ImageError(ValueError):
@@ -32,6 +39,20 @@ def fit_square(img: Image.Image, size: int, resize: str = "crop",
     raise ValueError(f"unknown resize mode {resize!r}; choose from {', '.join(RESIZE_MODES)}")
 
 
+def open_image(path: Path) -> Image.Image:
+    """``Image.open`` (lazy: only the header is read) that refuses an image over ``MAX_IMAGE_PIXELS``."""
+    try:
+        img = Image.open(path)
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"cannot read image {path}: over tailfill's limit of {MAX_IMAGE_PIXELS:,} pixels "
+                         f"(a decompression bomb?): {e}") from None
+    if img.width * img.height > MAX_IMAGE_PIXELS:
+        img.close()
+        raise ImageError(f"cannot read image {path}: {img.width} x {img.height} pixels is over tailfill's limit "
+                         f"of {MAX_IMAGE_PIXELS:,} (a decompression bomb?); resize it first")
+    return img
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         # 16-bit / float greyscale: stretch the real range to 8 bits instead of clipping at 255
@@ -56,7 +77,7 @@ def read_image(path: str | Path, size: int | None = None, resize: str = "crop") 
     if not path.is_file():
         raise ImageError(f"image file not found: {path}")
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             if size is not None and img.format == "JPEG":
                 img.draft("RGB", (2 * size, 2 * size))  # decode big JPEGs at reduced scale: much faster
             img = ImageOps.exif_transpose(img)
@@ -65,5 +86,7 @@ def read_image(path: str | Path, size: int | None = None, resize: str = "crop") 
             if size is not None:
                 img = fit_square(img, size, resize)
             return np.asarray(img, dtype=np.uint8).copy()
+    except ImageError:
+        raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"cannot read image {path}: {e}") from None

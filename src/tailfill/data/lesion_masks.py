@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .images import ImageError, fit_square
+from .images import ImageError, fit_square, open_image
 
 MASK_NAMES = ("{}.png", "{}_segmentation.png", "{}_mask.png")
 
@@ -47,10 +47,10 @@ class MaskFolder:
             raise ImageError(f"no mask for image {image_id} in {self.folder} (looked for "
                              + ", ".join(p.format(image_id) for p in MASK_NAMES) + ")")
         try:
-            with Image.open(path) as m:
+            with open_image(path) as m:
                 m.load()
                 return square_mask(m, size, resize)
-        except (OSError, ValueError, Image.DecompressionBombError) as e:
+        except (OSError, SyntaxError) as e:
             raise ImageError(f"cannot read mask {path}: {e}") from None
 
     def load(self, image_ids, size: int, resize: str = "crop") -> tuple[np.ndarray, np.ndarray]:
@@ -87,6 +87,9 @@ class PackedMasks:
         found = np.array([i in self._ids for i in ids], bool)
         masks = np.zeros((len(ids), size, size), np.uint8)
         for k in np.flatnonzero(found):
-            full = np.unpackbits(self._packed[self._ids[ids[k]]], axis=-1)[:, :self._width]
-            masks[k] = square_mask(full, size, resize)
+            masks[k] = square_mask(self.full(ids[k]), size, resize)
         return masks, found
+
+    def full(self, image_id: str) -> np.ndarray:
+        """One image's mask at the packed resolution, (H, W) uint8."""
+        return np.unpackbits(self._packed[self._ids[image_id]], axis=-1)[:, :self._width]

@@ -135,6 +135,17 @@ def apply_split_table(frame: pd.DataFrame, table: pd.DataFrame, classes: list, w
     return split
 
 
+def check_folds(frame: pd.DataFrame, classes: list, folds: int) -> None:
+    """k-fold CV needs at least k lesions of every class: each fold's test split then holds one of each."""
+    from .sources import DataError
+
+    lesions = frame.groupby("label")["lesion_id"].nunique().reindex(range(len(classes)), fill_value=0)
+    fewest = int(lesions.idxmin())
+    if lesions[fewest] < folds:
+        raise DataError(f"data.folds={folds}: class {classes[fewest]} has only {int(lesions[fewest])} lesion(s), and "
+                        f"every fold needs one of each class; use data.folds <= {max(2, int(lesions[fewest]))}")
+
+
 def lesion_masks(d, dataset: LabeledImages, frame: pd.DataFrame, images, segment) -> np.ndarray:
     """Every image's lesion mask (N, H, W uint8): ``data.masks_dir``'s files (one per image), else the masks
     the dataset ships (``data.dataset_masks``; an image without one is segmented), else ``segment(images)``."""
@@ -179,8 +190,14 @@ def prepare_dataset(d, work_dir: str | Path, seed: int = 0) -> PreparedData:
         log.info("using the split column of the dataset CSV (train/val/test)")
         split = apply_split_table(frame, frame[["image", "split"]], dataset.classes, "the dataset CSV's split column")
     else:
+        if d.folds:
+            check_folds(frame, dataset.classes, d.folds)
         split = make_splits(labels, groups, d.val_fraction, d.test_fraction, seed, d.val_per_class, d.test_per_class,
                             d.folds, d.fold)
+        for c, name in enumerate(dataset.classes):
+            for side in ("train", "val", "test"):
+                if not np.any((labels == c) & (split == side)):
+                    log.warning("class %s has no image in the %s split", name, side)
     ratio = d.imbalance_ratio if d.imbalance_ratio is not None else (DEMO_TRAIN_IMBALANCE if d.kind == "demo" else None)
     if ratio:
         keep = long_tail_subsample(labels, split, ratio, seed, groups=groups)

@@ -85,6 +85,7 @@ def _read_csv(path: Path) -> pd.DataFrame:
 
 
 def _resolve_missing(root: Path, frame: pd.DataFrame, on_bad_image: str, what: str) -> pd.DataFrame:
+    _confine(root, frame, what)  # an escaping path is refused as such, whether or not its target exists
     exists = np.array([(root / p).is_file() for p in frame["path"]], dtype=bool)
     if exists.all():
         return frame
@@ -161,7 +162,7 @@ def load_isic2019(root: str | Path, on_bad_image: str = "error", ground_truth: s
     onehot = onehot[~bad]
     if gt["image"].isna().any():
         raise DataError(f"{gt_path}: row {int(np.flatnonzero(gt['image'].isna())[0]) + 2} has no image id")
-    frame = pd.DataFrame({"image": gt["image"].astype(str), "label": onehot.argmax(axis=1)})
+    frame = pd.DataFrame({"image": gt["image"].astype(str).str.strip(), "label": onehot.argmax(axis=1)})
 
     images_dir = root / ISIC2019_IMAGES
     if not images_dir.is_dir():
@@ -216,14 +217,20 @@ def load_csv_dataset(csv: str | Path, root: str | Path | None = None, classes: l
     missing = [c for c in ("image", "label") if c not in table.columns]
     if missing:
         raise DataError(f"{csv}: missing column(s) {', '.join(missing)} (found {','.join(map(str, table.columns))})")
-    names = table["label"].astype(str)
+    # "NV " and "NV" are one class, " a.jpg" the file a.jpg: spreadsheets leave such spaces
+    names = table["label"].astype(str).str.strip()
+    empty = table["label"].isna().to_numpy() | (names == "").to_numpy()
+    if empty.any():
+        raise DataError(f"{csv}: row {int(np.flatnonzero(empty)[0]) + 2} has no label")
     classes = list(classes) if classes else sorted(names.unique())
     unknown = ~names.isin(classes)
     if unknown.any():
         r = int(np.flatnonzero(unknown)[0])
         raise DataError(f"{csv}: row {r + 2} has unknown label {names.iloc[r]!r}; known: {', '.join(classes)}")
     paths = []
-    for r, p in enumerate(table["image"].astype(str)):
+    for r, (p, missing) in enumerate(zip(table["image"].astype(str).str.strip(), table["image"].isna())):
+        if missing or not p:
+            raise DataError(f"{csv}: row {r + 2} has no image")
         try:
             safe_join(root, p)
         except ValueError as e:
@@ -232,7 +239,7 @@ def load_csv_dataset(csv: str | Path, root: str | Path | None = None, classes: l
     frame = pd.DataFrame({"image": [Path(p).with_suffix("").as_posix() for p in paths], "path": paths,
                           "label": names.map({c: i for i, c in enumerate(classes)})})
     if "lesion_id" in table.columns:
-        frame["lesion_id"] = table["lesion_id"]
+        frame["lesion_id"] = table["lesion_id"].where(table["lesion_id"].isna(), table["lesion_id"].astype(str).str.strip())
     if "split" in table.columns:  # the user's own split: used as given (see data.prepare.apply_split_table)
         frame["split"] = table["split"].astype(str).str.strip().str.lower()
     frame = _resolve_missing(root, frame, on_bad_image, csv.name)
