@@ -2,9 +2,9 @@
 
 1. How each ``data.resize`` rule treats HAM10000's 192x144 images, measured on its ground-truth lesion
    masks: lesion pixels cut off (crop), frame spent on padding (pad), lesion aspect change (squash).
-2. What lesion grouping does to the isic2019-mini splits: the same split settings as the mini benchmark
-   (val 0.15, test 0.25, seeds 0-2) with the official ``lesion_id`` and with every image its own lesion
-   (what the figures measured before the metadata file existed saw).
+2. What lesion grouping does to the isic2019-mini splits: the mini benchmark's protocol (10 validation and
+   25 test images per class, training thinned to 50:1, data seeds 0-2) with the official ``lesion_id`` and
+   with every image its own lesion (what every figure measured before the metadata file existed saw).
 
     python benchmarks/ham10000_data.py [--shared ../shared/data]
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tailfill.data import load_isic2019, make_splits
+from tailfill.data import load_isic2019, long_tail_subsample, make_splits
 from tailfill.data.lesion_masks import PackedMasks, square_mask
 from tailfill.data.sources import load_ham10000
 from tailfill.report import to_markdown
@@ -55,18 +55,28 @@ def resize_table(ham: Path, size: int = 64) -> pd.DataFrame:
 
 
 def grouping_table(mini: Path) -> pd.DataFrame:
+    """The mini benchmark's protocol (benchmarks/isic2019-mini.yaml: 10 validation and 25 test images per class,
+    the training split thinned to 50:1), split by lesion and by image, for the three data seeds used."""
     d = load_isic2019(mini)
-    labels, lesions = d.labels(), d.frame["lesion_id"].to_numpy()
+    labels, lesions, images = d.labels(), d.frame["lesion_id"].to_numpy(), d.frame["image"].to_numpy()
     multi = pd.Series(lesions).value_counts()
+
+    def protocol(groups, seed):
+        split = make_splits(labels, groups, 0.15, 0.2, seed, 10, 25)
+        keep = long_tail_subsample(labels, split, 50, seed, groups=groups)
+        return np.where(keep, split, "unused")
+
     rows = []
     for seed in (0, 1, 2):
-        grouped = make_splits(labels, lesions, 0.15, 0.25, seed)
-        by_image = make_splits(labels, d.frame["image"].to_numpy(), 0.15, 0.25, seed)
-        sides = pd.DataFrame({"lesion": lesions, "split": by_image}).groupby("lesion")["split"].nunique()
-        rows.append({"seed": seed, "images": len(d), "lesions with >= 2 images": int((multi >= 2).sum()),
-                     "lesions on two sides, image-level split": int((sides > 1).sum()),
-                     "lesions on two sides, grouped split": int((pd.DataFrame({"lesion": lesions, "split": grouped})
-                                                                 .groupby("lesion")["split"].nunique() > 1).sum()),
+        grouped, by_image = protocol(lesions, seed), protocol(images, seed)
+        used = by_image != "unused"
+        sides = pd.DataFrame({"lesion": lesions[used], "split": by_image[used]}).groupby("lesion")["split"].nunique()
+        rows.append({"data seed": seed, "lesions with >= 2 images": int((multi >= 2).sum()),
+                     "lesions on two sides, by image": int((sides > 1).sum()),
+                     "lesions on two sides, by lesion": int((pd.DataFrame({"l": lesions[grouped != "unused"],
+                                                                            "s": grouped[grouped != "unused"]})
+                                                             .groupby("l")["s"].nunique() > 1).sum()),
+                     "test images that changed": int(((grouped == "test") != (by_image == "test")).sum() // 2),
                      "images whose split moved": int((grouped != by_image).sum())})
     return pd.DataFrame(rows)
 
@@ -77,7 +87,7 @@ def main():
     args = ap.parse_args()
     print("## data.resize on HAM10000 (192x144 -> 64x64, ground-truth lesion masks)\n")
     print(to_markdown(resize_table(args.shared / "ham10000")))
-    print("\n## isic2019-mini splits with and without lesion grouping (val 0.15, test 0.25)\n")
+    print("\n## isic2019-mini: the benchmark's splits by lesion and by image (10 / 25 per class, 50:1)\n")
     print(to_markdown(grouping_table(args.shared / "isic2019-mini")))
 
 

@@ -137,6 +137,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--debug", action="store_true")
+    p = sub.add_parser("sweep", help="run a sweep spec: variants of one config, sharing identical stage outputs")
+    p.add_argument("spec", help="the sweep spec (YAML: base, set, out, controls, variants)")
+    pick = p.add_mutually_exclusive_group()
+    pick.add_argument("--variant", action="append", help="run only this variant (repeatable)")
+    pick.add_argument("--index", type=int, help="run only the variant at this index of --list (a job array's task id)")
+    pick.add_argument("--list", action="store_true", help="print the variants, one per line with its index, and stop")
+    p.add_argument("--stages", help="comma-separated subset of the stages (default all)")
+    p.add_argument("--out", help="the sweep's directory (default: the spec's out)")
+    p.add_argument("--no-compare", action="store_true", help="do not write the comparison tables at the end")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--debug", action="store_true")
+    p = sub.add_parser("compare", help="a sweep's tables (paired differences, recalls, pools) from its runs")
+    p.add_argument("spec", help="the sweep spec, or the sweep's directory (its sweep.yaml)")
+    p.add_argument("--out", help="the sweep's directory (default: the spec's out)")
+    p.add_argument("--debug", action="store_true")
     p = sub.add_parser("show-config", help="print the full configuration (defaults + --config + --set) as YAML")
     p.add_argument("--config")
     p.add_argument("--set", action="append", default=[])
@@ -177,7 +192,16 @@ def _dispatch(args) -> int:
         print(load_config(args.config, args.set).to_yaml(), end="")
         return 0
 
+    if args.command == "compare":
+        from .compare import compare
+        from .sweep import SweepSpec
+
+        spec = Path(args.spec)
+        print(compare(SweepSpec.load(spec / "sweep.yaml" if spec.is_dir() else spec, args.out)))
+        return 0
     configure_threads(lambda line: print(line, file=sys.stderr))  # a busy machine: fewer threads, not spinning ones
+    if args.command == "sweep":
+        return _sweep(args)
     if args.command == "run":
         cfg = _load(args)
         if args.device:
@@ -244,6 +268,33 @@ def _dispatch(args) -> int:
     run_stage(run, args.command, force=args.force)
     if args.command == "report":
         print(final_table(run))
+    return 0
+
+
+def _sweep(args) -> int:
+    from .stages import STAGES
+    from .sweep import SweepSpec, run_sweep
+
+    spec = SweepSpec.load(args.spec, args.out)
+    names = list(spec.variants)
+    if args.list:
+        print("\n".join(f"{i}\t{n}" for i, n in enumerate(names)))
+        return 0
+    if args.index is not None and not 0 <= args.index < len(names):
+        raise ValueError(f"--index {args.index}: this sweep has variants 0 to {len(names) - 1}")
+    stages = args.stages.split(",") if args.stages else None
+    unknown = [s for s in stages or [] if s not in STAGES]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {', '.join(unknown)}; known: {', '.join(STAGES)}")
+    spec.out.mkdir(parents=True, exist_ok=True)
+    _setup_logging(spec.out, args.verbose)
+    only = [names[args.index]] if args.index is not None else args.variant
+    store = run_sweep(spec, only, stages)
+    print(f"sweep {spec.out}: {len(store.computed)} stage outputs computed, {len(store.shared)} reused")
+    if not args.no_compare and only is None:
+        from .compare import compare
+
+        print(compare(spec))
     return 0
 
 

@@ -144,6 +144,8 @@ class ClassifierConfig:
     weight_decay: float = 5e-4
     methods: list = field(default_factory=lambda: ["ce", "balanced_sampling", "logit_adjust"])
     augmented_method: str = "best"    # which method trains on real+synthetic; "best" = best baseline on val
+    fill_with: str = "synthetic"       # what fills each class's deficit in train-augmented: synthetic (the used
+                                       # images) | real (the control: its own real images repeated; no generator)
     seeds: list = field(default_factory=lambda: [0, 1])
     synthetic_max_ratio: Optional[float] = None  # cap synthetic images per class at ratio x real (None: no cap)
     synthetic_share: Optional[float] = None  # cap the synthetic share of each class's draws (None: no cap)
@@ -407,6 +409,7 @@ def validate(cfg: Config) -> None:
           "select.near_duplicate_similarity is auto or a cosine similarity in [-1, 1]")
     check(len(c.seeds) > 0, "classifier.seeds must not be empty")
     check(len(c.methods) > 0, "classifier.methods must not be empty")
+    one_of(c.fill_with, ("synthetic", "real"), "classifier.fill_with")
     for m in c.methods + ([] if c.augmented_method == "best" else [c.augmented_method]):
         check(m in METHODS, f"unknown classifier method {m!r}; choose from {', '.join(METHODS)}")
     if c.feature_fill is not None:

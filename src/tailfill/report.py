@@ -268,7 +268,9 @@ def write_report(run) -> Path:
         method = augmented[0].split(":", 1)[1]
         base = f"baseline:{method}"
         gains = gains_table(results, base, augmented[0], classes)
-        lines += [f"## Per-class recall: `{base}` vs `{augmented[0]}` (same method, + the used synthetic images)", "",
+        added = "its real tail images repeated: the control" if run.cfg.classifier.fill_with == "real" \
+            else "the used synthetic images"
+        lines += [f"## Per-class recall: `{base}` vs `{augmented[0]}` (same method, + {added})", "",
                   to_markdown(gains), "", "![per-class gains](gains.png)", ""]
         plot_gains(gains[gains["class"] != "balanced accuracy"], out / "gains.png")
         cms = {}

@@ -80,8 +80,8 @@ def train_autoencoder(run: Run) -> None:
     from .training import to_model_range, to_uint8
 
     t0 = time.time()
-    if run.cfg.diffusion.space != "latent":
-        run.mark("train-autoencoder", t0, skipped="pixel-space diffusion")
+    if run.cfg.diffusion.space != "latent" or _real_control(run):
+        run.mark("train-autoencoder", t0, skipped="pixel-space diffusion" if not _real_control(run) else CONTROL)
         return
     if run.cfg.diffusion.vae or run.cfg.diffusion.pretrained:
         vae = load_vae(run.cfg.diffusion.vae or run.cfg.diffusion.pretrained, run.device)
@@ -110,10 +110,20 @@ def _autoencoder(run: Run):
     return load_vae(run.cfg.diffusion.vae or run.cfg.diffusion.pretrained or run.paths.autoencoder / "vae", run.device)
 
 
+CONTROL = "classifier.fill_with: real (the real-oversampling control needs no generator)"
+
+
+def _real_control(run: Run) -> bool:
+    return run.cfg.classifier.fill_with == "real"
+
+
 def train_diffusion(run: Run) -> None:
     from .diffusion import train_diffusion as train
 
     t0 = time.time()
+    if _real_control(run):
+        run.mark("train-diffusion", t0, skipped=CONTROL)
+        return
     tr = run.data.split("train")
     train(tr.images, tr.labels, tr.masks, len(run.data.classes), run.cfg.diffusion, run.paths.diffusion,
           run.cfg.seed, run.device, resume=True, tracking=run.tracking, vae=_autoencoder(run))
@@ -130,6 +140,9 @@ def generate(run: Run) -> None:
     from .generate import collect_shards, generate as make, make_plan
 
     t0 = time.time()
+    if _real_control(run):
+        run.mark("generate", t0, skipped=CONTROL)
+        return
     proc = process_info()
     tr = run.data.split("train")
     if proc.is_main and not run.paths.plan.is_file():
@@ -206,6 +219,9 @@ def select(run: Run) -> None:
     from .ood import select_synthetic
 
     t0 = time.time()
+    if _real_control(run):
+        run.mark("select", t0, skipped=CONTROL)
+        return
     manifest = read_table(run.paths.manifest)
     if len(manifest) == 0:
         write_csv(run.paths.selection, manifest.assign(score=[], eligible=[], used=[], reason=[]))
@@ -230,12 +246,19 @@ def select(run: Run) -> None:
 
 def train_augmented(run: Run) -> None:
     from .generate import load_synthetic
-    from .mixing import synthetic_labels, with_synthetic
+    from .mixing import synthetic_labels, with_repeated_real, with_synthetic
 
     t0 = time.time()
     cfg = run.cfg.classifier
     method = best_baseline(run) if cfg.augmented_method == "best" else cfg.augmented_method
     tr = run.data.split("train")
+    if _real_control(run):  # each class's deficit filled with its own real images, repeated
+        train = with_repeated_real(tr.images, tr.labels, deficits(run), run.cfg.seed)
+        repeats = len(train.labels) - len(tr.labels)
+        for seed in cfg.seeds:
+            _train_and_save(run, "augmented", method, seed, train, {"synthetic_images": 0, "repeated_real": repeats})
+        run.mark("train-augmented", t0, method=method, synthetic_images=0, repeated_real=repeats)
+        return
     table = read_table(run.paths.selection)
     used = table[table["used"].astype(bool)].reset_index(drop=True) if len(table) else table
     train = with_synthetic(tr.images, tr.labels, load_synthetic(run.paths.synthetic, used) if len(used) else None,

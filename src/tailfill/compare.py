@@ -1,0 +1,180 @@
+"""``tailfill compare``: a sweep's tables, built from its runs' own results.
+
+Every row is a model of the sweep: each distinct baseline (a baseline fit shared by several variants is one
+row), each control variant (``classifier.fill_with: real``) and each synthetic variant, over its folds and
+seeds. A synthetic row is set against the strongest real-only row (baseline or control) trained with the
+same classifier settings: the paired difference by (fold, seed), with a bootstrap interval over those pairs.
+Per pool (synthetic variant): the selection funnel and realism AUROC, summed or averaged over folds.
+
+Writes ``<sweep>/compare.md`` and ``<sweep>/results.csv`` (``dataset, size, variant, model, role, fold, seed,
+bacc, R_<class>, ...``).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .io import read_json, read_table, write_csv, write_text
+from .run import Run
+
+log = logging.getLogger(__name__)
+
+
+def _settings(cfg) -> str:
+    """The classifier settings two rows must share to be compared (what the baselines read, bar method)."""
+    from .sweep import AUGMENTED_ONLY, PER_FIT, _digest, _fields
+
+    return _digest(_fields(cfg, ["device", ("classifier", AUGMENTED_ONLY + PER_FIT)]))
+
+
+def sweep_rows(spec) -> pd.DataFrame:
+    """Every (variant, model, fold, seed) result of a sweep as one table."""
+    from .crossval import fold_config
+    from .sweep import baseline_keys
+
+    rows = []
+    for name in spec.variants:
+        cfg = spec.config(name)
+        runs = [(f, Run(fold_config(cfg, f))) for f in range(cfg.data.folds)] if cfg.data.folds else [(0, Run(cfg))]
+        settings = _settings(cfg)
+        for fold, run in runs:
+            if not run.paths.results.is_file():
+                log.warning("compare: %s has no results yet; left out", run.dir)
+                continue
+            results = read_table(run.paths.results)
+            fits = dict(zip([(m, s) for m in cfg.classifier.methods for s in cfg.classifier.seeds], baseline_keys(cfg)))
+            for _, r in results.iterrows():
+                augmented = r["kind"] == "augmented"
+                role = ("control" if cfg.classifier.fill_with == "real" else "synthetic") if augmented else "baseline"
+                rows.append({
+                    "dataset": cfg.data.kind, "size": cfg.data.image_size, "variant": name if augmented else "",
+                    "model": name if augmented else f"baseline:{r['method']}", "role": role, "method": r["method"],
+                    "settings": settings, "fold": fold, "seed": int(r["seed"]),
+                    "fit": None if augmented else fits.get((r["method"], int(r["seed"]))),
+                    "bacc": float(r["balanced_accuracy"]), "val_bacc": float(r["val_balanced_accuracy"]),
+                    **{f"R_{c[len('recall_'):]}": float(r[c]) for c in results.columns if c.startswith("recall_")}})
+    frame = pd.DataFrame(rows)
+    if not len(frame):
+        return frame
+    # a baseline fit shared by several variants is one row of results, not several
+    base = frame[frame["role"] == "baseline"].drop_duplicates(["fit", "fold"])
+    frame = pd.concat([base, frame[frame["role"] != "baseline"]], ignore_index=True)
+    if frame[frame["role"] == "baseline"].groupby("model")["settings"].nunique().max() > 1:
+        tag = frame["settings"].str[:6]
+        is_base = frame["role"] == "baseline"
+        frame.loc[is_base, "model"] = frame.loc[is_base, "model"] + " [" + tag[is_base] + "]"
+    return frame
+
+
+def paired(a: pd.DataFrame, b: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Mean of a - b over the (fold, seed) pairs both have, a bootstrap interval over the pairs, and how many
+    pairs went up."""
+    joined = a.set_index(["fold", "seed"])["bacc"].to_frame("a").join(
+        b.set_index(["fold", "seed"])["bacc"].to_frame("b"), how="inner")
+    d = (joined["a"] - joined["b"]).to_numpy()
+    if not len(d):
+        return {"pairs": 0}
+    rng = np.random.default_rng(seed)
+    boots = d[rng.integers(len(d), size=(n_boot, len(d)))].mean(1)
+    lo, hi = np.quantile(boots, [0.025, 0.975])
+    return {"pairs": len(d), "diff": float(d.mean()), "low": float(lo), "high": float(hi), "up": int((d > 0).sum())}
+
+
+def comparison_table(frame: pd.DataFrame, tail: list[str]) -> pd.DataFrame:
+    """One line per model: mean and sd over its runs, tail recalls, and for synthetic rows the paired
+    difference against the strongest real-only row with the same classifier settings."""
+    means = frame.groupby("model")["bacc"].mean()
+    lines = []
+    for model, g in frame.groupby("model", sort=False):
+        line = {"model": model, "role": g["role"].iloc[0], "runs": len(g), "bacc": f"{g['bacc'].mean():.3f}",
+                "sd": f"{g['bacc'].std(ddof=1):.3f}" if len(g) > 1 else "",
+                **{f"R_{c}": f"{g[f'R_{c}'].mean():.2f}" for c in tail if f"R_{c}" in g}}
+        if line["role"] == "synthetic":
+            real = frame[(frame["role"] != "synthetic") & (frame["settings"] == g["settings"].iloc[0])]
+            if len(real):
+                ref = means[real["model"].unique()].idxmax()
+                p = paired(g, frame[frame["model"] == ref])
+                line["reference"] = ref
+                if p["pairs"]:
+                    line["vs reference"] = f"{p['diff']:+.3f} [{p['low']:+.3f}, {p['high']:+.3f}]"
+                    line["up"] = f"{p['up']}/{p['pairs']}"
+        lines.append(line)
+    return pd.DataFrame(lines).astype(object).fillna("")
+
+
+def pool_table(spec) -> pd.DataFrame:
+    """The selection funnel and realism AUROC of every synthetic variant's pool, over its folds."""
+    from .crossval import fold_config
+
+    lines = []
+    for name in spec.variants:
+        cfg = spec.config(name)
+        if cfg.classifier.fill_with == "real":
+            continue
+        runs = [Run(fold_config(cfg, f)) for f in range(cfg.data.folds)] if cfg.data.folds else [Run(cfg)]
+        tables, auroc = [], {}
+        for run in runs:
+            if run.paths.selection.is_file():
+                t = read_table(run.paths.selection)
+                if len(t):
+                    tables.append(t)
+            if run.paths.marker("select").is_file():
+                for cls, v in (read_json(run.paths.marker("select")).get("realism_auroc") or {}).items():
+                    if v is not None:
+                        auroc.setdefault(cls, []).append(v)
+        if not tables:
+            continue
+        t = pd.concat(tables, ignore_index=True)
+        for col in ("within_threshold", "near_copy", "eligible", "used"):
+            t[col] = t[col].astype(str).str.lower().isin(["true", "1"])
+        for cls, g in t.groupby("class"):
+            lines.append({"pool": name, "class": cls, "generated": len(g), "within threshold": int(g["within_threshold"].sum()),
+                          "not a near-copy": int((g["within_threshold"] & ~g["near_copy"]).sum()),
+                          "eligible": int(g["eligible"].sum()), "used": int(g["used"].sum()),
+                          "realism AUROC": f"{np.mean(auroc[cls]):.2f}" if cls in auroc else ""})
+    return pd.DataFrame(lines)
+
+
+def compare(spec) -> str:
+    """Write ``compare.md`` and ``results.csv`` in the sweep's directory; returns the Markdown."""
+    from .report import to_markdown
+
+    frame = sweep_rows(spec)
+    if not len(frame):
+        raise ValueError(f"no variant of the sweep in {spec.out} has results yet; run `tailfill sweep` first")
+    recalls = [c[2:] for c in frame.columns if c.startswith("R_")]
+    counts = frame.groupby("role").size().to_dict()
+    tail = recalls[-4:] if len(recalls) > 4 else recalls
+    train_counts = _train_counts(spec)
+    if train_counts:
+        tail = sorted(train_counts, key=train_counts.get)[:4]
+    table = comparison_table(frame, tail)
+    pools = pool_table(spec)
+    write_csv(spec.out / "results.csv", frame.drop(columns=["fit", "settings"]))
+    lines = [f"# Sweep {spec.out.name}", "",
+             f"{len(frame)} runs ({', '.join(f'{n} {r}' for r, n in counts.items())}); balanced accuracy on each "
+             "run's test split, mean and sd over folds and seeds. A synthetic row's `vs reference` is its paired "
+             "difference by (fold, seed) against the strongest real-only row (baseline or control) with the same "
+             "classifier settings, with a 95 % bootstrap interval over those pairs; `up` counts the pairs it won. "
+             f"Tail recalls: {', '.join(tail)}.", "", to_markdown(table), ""]
+    if len(pools):
+        lines += ["## Pools: the selection funnel", "", to_markdown(pools), ""]
+    lines += ["Every run is an ordinary run directory of the sweep (`<variant>/`, or `<variant>/fold_<i>/`); "
+              "`results.csv` beside this page has one row per run.", ""]
+    text = "\n".join(lines)
+    write_text(spec.out / "compare.md", text)
+    return text
+
+
+def _train_counts(spec) -> dict:
+    """Training images per class of the first variant's first run (the tail is the classes with fewest)."""
+    from .crossval import fold_config
+
+    cfg = spec.config(next(iter(spec.variants)))
+    run = Run(fold_config(cfg, 0)) if cfg.data.folds else Run(cfg)
+    if not run.paths.marker("prepare").is_file():
+        return {}
+    return (read_json(run.paths.marker("prepare")).get("counts") or {}).get("train", {})

@@ -1,0 +1,118 @@
+"""tailfill sweep: variants as ordinary runs, stage outputs shared by key; tailfill compare builds the tables."""
+import pandas as pd
+import pytest
+import yaml
+
+from tailfill.cli import main
+from tailfill.config import load_config
+from tailfill.sweep import SweepSpec, stage_key
+
+from conftest import tiny_overrides
+
+
+def write_spec(tmp_path, variants, controls=("real_oversample",), seeds=(0, 1)):
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump(tiny_overrides(tmp_path / "unused")))
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"base": str(base), "out": str(tmp_path / "sweep"), "controls": list(controls),
+                                    "set": {"classifier.seeds": list(seeds), "classifier.epochs": 2,
+                                            "diffusion.train_steps": 10}, "variants": variants}))
+    return spec
+
+
+def test_stage_keys_follow_exactly_what_a_stage_reads():
+    a = load_config(overrides=["generate.guidance_scale=2.0"])
+    b = load_config(overrides=["generate.guidance_scale=3.0"])
+    for stage in ("prepare", "train-diffusion"):
+        assert stage_key(a, stage) == stage_key(b, stage)  # upstream of generation: shared
+    assert stage_key(a, "generate") != stage_key(b, "generate")
+    assert stage_key(a, "train-baseline", "ce", 0) == stage_key(b, "train-baseline", "ce", 0)
+    c = load_config(overrides=["classifier.synthetic_share=0.5"])  # acts on synthetic images only
+    assert stage_key(a, "train-baseline", "ce", 0) == stage_key(c, "train-baseline", "ce", 0)
+    assert stage_key(load_config(), "train-augmented", "ce", 0, "ce") != stage_key(c, "train-augmented", "ce", 0, "ce")
+    more_seeds = load_config(overrides=["classifier.seeds=[0, 1, 2]"])  # a new seed leaves the others' keys alone
+    assert stage_key(more_seeds, "train-augmented", "ce", 0, "ce") == stage_key(load_config(), "train-augmented", "ce", 0, "ce")
+    assert stage_key(a, "select", feature="ce") != stage_key(a, "select", feature="logit_adjust")
+    d = load_config(overrides=["data.workers=1"])  # how fast, not what
+    assert stage_key(load_config(), "prepare") == stage_key(d, "prepare")
+    e = load_config(overrides=["data.image_size=64"])
+    assert stage_key(load_config(), "train-baseline", "ce", 0) != stage_key(e, "train-baseline", "ce", 0)
+
+
+def test_spec_errors_name_the_variant_or_key(tmp_path):
+    with pytest.raises(ValueError, match="unknown key.*varients"):
+        SweepSpec.from_dict({"out": "x", "varients": {}})
+    with pytest.raises(ValueError, match="unknown control 'real_repeat'"):
+        SweepSpec.from_dict({"out": "x", "controls": ["real_repeat"], "variants": {"a": {}}})
+    with pytest.raises(ValueError, match="variant bad: invalid config: classifier.epochs=0"):
+        SweepSpec.from_dict({"out": "x", "variants": {"bad": {"classifier.epochs": 0}}})
+
+
+@pytest.mark.slow
+def test_tiny_sweep_shares_every_identical_stage_and_compare_builds_the_table(tmp_path, monkeypatch, capsys):
+    import tailfill.classify as classify
+    import tailfill.diffusion as diffusion
+    from tailfill import stages
+
+    calls = {"fit": 0, "diffusion": 0, "prepare": 0}
+
+    def counting(name, fn):
+        def wrapper(*a, **k):
+            calls[name] += 1
+            return fn(*a, **k)
+        return wrapper
+
+    monkeypatch.setattr(classify, "fit_and_score", counting("fit", classify.fit_and_score))
+    monkeypatch.setattr(diffusion, "train_diffusion", counting("diffusion", diffusion.train_diffusion))
+    monkeypatch.setitem(stages.STAGES, "prepare", counting("prepare", stages.STAGES["prepare"]))
+    spec = write_spec(tmp_path, {"guidance_2": {"generate.guidance_scale": 2.0},
+                                 "guidance_3": {"generate.guidance_scale": 3.0}})
+    assert main(["sweep", str(spec), "--list"]) == 0
+    assert capsys.readouterr().out.split() == ["0", "guidance_2", "1", "guidance_3", "2", "real_oversample"]
+    assert main(["sweep", str(spec)]) == 0
+    # one prepare, one generator, 2 x 2 baselines shared by all three variants; 2 x 2 synthetic fits, 2 control
+    assert calls == {"fit": 4 + 4 + 2, "diffusion": 1, "prepare": 1}
+    out = tmp_path / "sweep"
+    for name in ("guidance_2", "guidance_3", "real_oversample"):
+        assert (out / name / "results" / "results.csv").is_file()  # each an ordinary run directory
+    assert (out / "guidance_3" / "diffusion").is_symlink() and not (out / "real_oversample" / "synthetic").exists()
+    page = (out / "compare.md").read_text()
+    for row in ("baseline:ce", "baseline:logit_adjust", "guidance_2", "guidance_3", "real_oversample", "vs reference"):
+        assert row in page, row
+    results = pd.read_csv(out / "results.csv")
+    assert {"dataset", "size", "variant", "fold", "seed", "bacc", "R_DF"} <= set(results.columns)
+    assert results.groupby("role").size().to_dict() == {"baseline": 4, "control": 2, "synthetic": 4}
+    # run again, with a third seed: only the new seed's fits train, nothing else is recomputed
+    spec = write_spec(tmp_path, {"guidance_2": {"generate.guidance_scale": 2.0},
+                                 "guidance_3": {"generate.guidance_scale": 3.0}}, seeds=(0, 1, 2))
+    calls.update(fit=0, diffusion=0, prepare=0)
+    for i in range(3):  # as a job array would: one variant per task
+        assert main(["sweep", str(spec), "--index", str(i), "--no-compare"]) == 0
+    assert calls == {"fit": 2 + 2 + 1, "diffusion": 0, "prepare": 0}
+    assert main(["compare", str(out)]) == 0
+    assert pd.read_csv(out / "results.csv").groupby("role").size().to_dict() == {"baseline": 6, "control": 3,
+                                                                                 "synthetic": 6}
+
+
+def test_compare_pairs_each_synthetic_row_with_the_strongest_real_row_of_its_settings():
+    from tailfill.compare import comparison_table, paired
+
+    rows = []
+    for fold in (0, 1):
+        for seed in (0, 1):
+            base = 0.5 + 0.01 * fold
+            rows += [{"model": "baseline:ce", "role": "baseline", "settings": "a", "fold": fold, "seed": seed,
+                      "bacc": base, "R_DF": 0.2},
+                     {"model": "real_oversample", "role": "control", "settings": "a", "fold": fold, "seed": seed,
+                      "bacc": base + 0.02, "R_DF": 0.3},
+                     {"model": "baseline:other", "role": "baseline", "settings": "b", "fold": fold, "seed": seed,
+                      "bacc": 0.9, "R_DF": 0.9},  # stronger, but other classifier settings: never the reference
+                     {"model": "synth", "role": "synthetic", "settings": "a", "fold": fold, "seed": seed,
+                      "bacc": base + 0.03 + 0.01 * seed, "R_DF": 0.5}]
+    frame = pd.DataFrame(rows)
+    table = comparison_table(frame, ["DF"]).set_index("model")
+    assert table.loc["synth", "reference"] == "real_oversample"
+    assert table.loc["synth", "up"] == "4/4" and table.loc["synth", "vs reference"].startswith("+0.015")
+    p = paired(frame[frame["model"] == "synth"], frame[frame["model"] == "real_oversample"])
+    assert p["pairs"] == 4 and p["low"] <= p["diff"] <= p["high"] and abs(p["diff"] - 0.015) < 1e-9
+    assert paired(frame[frame["model"] == "synth"].assign(fold=9), frame[frame["model"] == "baseline:ce"]) == {"pairs": 0}
