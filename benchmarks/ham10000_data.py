@@ -55,7 +55,7 @@ def resize_table(ham: Path, size: int = 64) -> pd.DataFrame:
 
 
 def grouping_table(mini: Path) -> pd.DataFrame:
-    """The mini benchmark's protocol (benchmarks/isic2019-mini.yaml: 10 validation and 25 test images per class,
+    """The mini benchmark's protocol (benchmarks/longtail_isic_base.yaml: 10 validation and 25 test images per class,
     the training split thinned to 50:1), split by lesion and by image, for the three data seeds used."""
     d = load_isic2019(mini)
     labels, lesions, images = d.labels(), d.frame["lesion_id"].to_numpy(), d.frame["image"].to_numpy()

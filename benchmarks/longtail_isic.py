@@ -2,7 +2,7 @@
 
 It measures the product: the data, generator, generation, selection, mixing and training rules are
 all imported from ``tailfill``, and every variant is a tailfill config. The base config is
-``benchmarks/isic2019-mini.yaml`` (``--config`` for another, ``--set key=value`` to change it, as with
+``benchmarks/longtail_isic_base.yaml`` (``--config`` for another, ``--set key=value`` to change it, as with
 the CLI): real ISIC 2019 images (default ../shared/data/isic2019-mini), balanced validation and test
 splits (``data.val_per_class``/``data.test_per_class``), the rest thinned to ``data.imbalance_ratio``.
 
@@ -621,7 +621,7 @@ def write_outputs(bench: Bench, args, lines: list, t0: float, done: int, total: 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", type=Path, default=ROOT / "benchmarks" / "isic2019-mini.yaml")
+    ap.add_argument("--config", type=Path, default=ROOT / "benchmarks" / "longtail_isic_base.yaml")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override the base config")
     ap.add_argument("--sizes", type=int, nargs="+", help="image sizes (default: data.image_size)")
     ap.add_argument("--variants", nargs="*", default=None,

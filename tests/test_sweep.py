@@ -1,4 +1,6 @@
 """tailfill sweep: variants as ordinary runs, stage outputs shared by key; tailfill compare builds the tables."""
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import yaml
@@ -46,6 +48,32 @@ def test_spec_errors_name_the_variant_or_key(tmp_path):
         SweepSpec.from_dict({"out": "x", "controls": ["real_repeat"], "variants": {"a": {}}})
     with pytest.raises(ValueError, match="variant bad: invalid config: classifier.epochs=0"):
         SweepSpec.from_dict({"out": "x", "variants": {"bad": {"classifier.epochs": 0}}})
+    with pytest.raises(ValueError, match="splits must be a list of data seeds"):
+        SweepSpec.from_dict({"out": "x", "splits": [0, "one"], "variants": {"a": {}}})
+
+
+def test_splits_give_each_variant_one_run_per_data_seed_with_folds_inside(tmp_path):
+    spec = SweepSpec.from_dict({"out": str(tmp_path), "splits": [0, 2], "set": {"data.folds": 3},
+                                "variants": {"a": {}}})
+    runs = spec.runs("a")
+    assert [(s, f) for s, f, _ in runs] == [(0, 0), (0, 1), (0, 2), (2, 0), (2, 1), (2, 2)]
+    assert runs[4][2].seed == 2 and runs[4][2].run_dir == str(tmp_path / "a" / "split_2" / "fold_1")
+    assert stage_key(runs[0][2], "prepare") != stage_key(runs[3][2], "prepare")  # another split: other images
+
+
+def test_publish_links_back_and_a_second_job_of_the_same_key_keeps_its_own(tmp_path):
+    from tailfill.sweep import _publish
+
+    entry = tmp_path / "store" / "generate" / "k1"
+    for job in ("a", "b"):
+        (tmp_path / job / "synthetic").mkdir(parents=True)
+        (tmp_path / job / "synthetic" / "manifest.csv").write_text(job)
+    _publish(tmp_path / "a", entry, ["synthetic"], {"stage": "generate"})
+    assert (tmp_path / "a" / "synthetic").is_symlink() and (entry / "synthetic" / "manifest.csv").read_text() == "a"
+    assert (tmp_path / "a" / "synthetic" / "manifest.csv").read_text() == "a"
+    _publish(tmp_path / "b", entry, ["synthetic"], {"stage": "generate"})  # b finished second: it keeps its copy
+    assert not (tmp_path / "b" / "synthetic").is_symlink()
+    assert (tmp_path / "b" / "synthetic" / "manifest.csv").read_text() == "b"
 
 
 @pytest.mark.slow
@@ -116,3 +144,12 @@ def test_compare_pairs_each_synthetic_row_with_the_strongest_real_row_of_its_set
     p = paired(frame[frame["model"] == "synth"], frame[frame["model"] == "real_oversample"])
     assert p["pairs"] == 4 and p["low"] <= p["diff"] <= p["high"] and abs(p["diff"] - 0.015) < 1e-9
     assert paired(frame[frame["model"] == "synth"].assign(fold=9), frame[frame["model"] == "baseline:ce"]) == {"pairs": 0}
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "benchmarks").glob("sweep_*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_sweep_specs_load_with_their_controls(path, monkeypatch):
+    monkeypatch.chdir(path.parents[1])  # their base paths are relative to the repository root
+    spec = SweepSpec.load(path)
+    assert "real_oversample" in spec.variants and spec.config("real_oversample").classifier.fill_with == "real"
+    assert all(spec.runs(name) for name in spec.variants)

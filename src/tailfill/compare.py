@@ -1,13 +1,14 @@
 """``tailfill compare``: a sweep's tables, built from its runs' own results.
 
 Every row is a model of the sweep: each distinct baseline (a baseline fit shared by several variants is one
-row), each control variant (``classifier.fill_with: real``) and each synthetic variant, over its folds and
-seeds. A synthetic row is set against the strongest real-only row (baseline or control) trained with the
-same classifier settings: the paired difference by (fold, seed), with a bootstrap interval over those pairs.
+row), each control variant (``classifier.fill_with: real``) and each synthetic variant, over its splits,
+folds and seeds (pooled). A synthetic row is set against the strongest real-only row (baseline or control)
+trained with the same classifier settings: the paired difference by (split, fold, seed), with a bootstrap
+interval over those pairs.
 Per pool (synthetic variant): the selection funnel and realism AUROC, summed or averaged over folds.
 
-Writes ``<sweep>/compare.md`` and ``<sweep>/results.csv`` (``dataset, size, variant, model, role, fold, seed,
-bacc, R_<class>, ...``).
+Writes ``<sweep>/compare.md`` and ``<sweep>/results.csv`` (``dataset, size, variant, model, role, split, fold,
+seed, bacc, R_<class>, ...``).
 """
 from __future__ import annotations
 
@@ -32,19 +33,18 @@ def _settings(cfg) -> str:
 
 def sweep_rows(spec) -> pd.DataFrame:
     """Every (variant, model, fold, seed) result of a sweep as one table."""
-    from .crossval import fold_config
     from .sweep import baseline_keys
 
     rows = []
     for name in spec.variants:
-        cfg = spec.config(name)
-        runs = [(f, Run(fold_config(cfg, f))) for f in range(cfg.data.folds)] if cfg.data.folds else [(0, Run(cfg))]
-        settings = _settings(cfg)
-        for fold, run in runs:
+        for split, fold, cfg in spec.runs(name):
+            run, settings = Run(cfg), _settings(cfg)
             if not run.paths.results.is_file():
                 log.warning("compare: %s has no results yet; left out", run.dir)
                 continue
             results = read_table(run.paths.results)
+            ensembles = {m: s["ensemble"]["balanced_accuracy"] for m, s in read_json(run.paths.summary).items()
+                         if "ensemble" in s} if run.paths.summary.is_file() else {}
             fits = dict(zip([(m, s) for m in cfg.classifier.methods for s in cfg.classifier.seeds], baseline_keys(cfg)))
             for _, r in results.iterrows():
                 augmented = r["kind"] == "augmented"
@@ -52,7 +52,8 @@ def sweep_rows(spec) -> pd.DataFrame:
                 rows.append({
                     "dataset": cfg.data.kind, "size": cfg.data.image_size, "variant": name if augmented else "",
                     "model": name if augmented else f"baseline:{r['method']}", "role": role, "method": r["method"],
-                    "settings": settings, "fold": fold, "seed": int(r["seed"]),
+                    "settings": settings, "split": -1 if split is None else split, "fold": fold,
+                    "seed": int(r["seed"]), "ensemble_bacc": ensembles.get(r["model"]),
                     "fit": None if augmented else fits.get((r["method"], int(r["seed"]))),
                     "bacc": float(r["balanced_accuracy"]), "val_bacc": float(r["val_balanced_accuracy"]),
                     **{f"R_{c[len('recall_'):]}": float(r[c]) for c in results.columns if c.startswith("recall_")}})
@@ -60,7 +61,7 @@ def sweep_rows(spec) -> pd.DataFrame:
     if not len(frame):
         return frame
     # a baseline fit shared by several variants is one row of results, not several
-    base = frame[frame["role"] == "baseline"].drop_duplicates(["fit", "fold"])
+    base = frame[frame["role"] == "baseline"].drop_duplicates(["fit"])
     frame = pd.concat([base, frame[frame["role"] != "baseline"]], ignore_index=True)
     if frame[frame["role"] == "baseline"].groupby("model")["settings"].nunique().max() > 1:
         tag = frame["settings"].str[:6]
@@ -70,10 +71,10 @@ def sweep_rows(spec) -> pd.DataFrame:
 
 
 def paired(a: pd.DataFrame, b: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> dict:
-    """Mean of a - b over the (fold, seed) pairs both have, a bootstrap interval over the pairs, and how many
-    pairs went up."""
-    joined = a.set_index(["fold", "seed"])["bacc"].to_frame("a").join(
-        b.set_index(["fold", "seed"])["bacc"].to_frame("b"), how="inner")
+    """Mean of a - b over the (split, fold, seed) pairs both have, a bootstrap interval over the pairs, and how
+    many pairs went up."""
+    keys = [k for k in ("split", "fold", "seed") if k in a and k in b]
+    joined = a.set_index(keys)["bacc"].to_frame("a").join(b.set_index(keys)["bacc"].to_frame("b"), how="inner")
     d = (joined["a"] - joined["b"]).to_numpy()
     if not len(d):
         return {"pairs": 0}
@@ -89,8 +90,10 @@ def comparison_table(frame: pd.DataFrame, tail: list[str]) -> pd.DataFrame:
     means = frame.groupby("model")["bacc"].mean()
     lines = []
     for model, g in frame.groupby("model", sort=False):
+        ensemble = g["ensemble_bacc"].dropna() if "ensemble_bacc" in g else []
         line = {"model": model, "role": g["role"].iloc[0], "runs": len(g), "bacc": f"{g['bacc'].mean():.3f}",
                 "sd": f"{g['bacc'].std(ddof=1):.3f}" if len(g) > 1 else "",
+                "seed ensemble": f"{np.mean(ensemble):.3f}" if len(ensemble) else "",
                 **{f"R_{c}": f"{g[f'R_{c}'].mean():.2f}" for c in tail if f"R_{c}" in g}}
         if line["role"] == "synthetic":
             real = frame[(frame["role"] != "synthetic") & (frame["settings"] == g["settings"].iloc[0])]
@@ -107,14 +110,11 @@ def comparison_table(frame: pd.DataFrame, tail: list[str]) -> pd.DataFrame:
 
 def pool_table(spec) -> pd.DataFrame:
     """The selection funnel and realism AUROC of every synthetic variant's pool, over its folds."""
-    from .crossval import fold_config
-
     lines = []
     for name in spec.variants:
-        cfg = spec.config(name)
-        if cfg.classifier.fill_with == "real":
+        if spec.config(name).classifier.fill_with == "real":
             continue
-        runs = [Run(fold_config(cfg, f)) for f in range(cfg.data.folds)] if cfg.data.folds else [Run(cfg)]
+        runs = [Run(cfg) for _, _, cfg in spec.runs(name)]
         tables, auroc = [], {}
         for run in runs:
             if run.paths.selection.is_file():
@@ -156,8 +156,9 @@ def compare(spec) -> str:
     write_csv(spec.out / "results.csv", frame.drop(columns=["fit", "settings"]))
     lines = [f"# Sweep {spec.out.name}", "",
              f"{len(frame)} runs ({', '.join(f'{n} {r}' for r, n in counts.items())}); balanced accuracy on each "
-             "run's test split, mean and sd over folds and seeds. A synthetic row's `vs reference` is its paired "
-             "difference by (fold, seed) against the strongest real-only row (baseline or control) with the same "
+             "run's test split, mean and sd over splits, folds and seeds (`seed ensemble`: each run's seeds scored "
+             "as one model, averaged). A synthetic row's `vs reference` is its paired difference by (split, fold, "
+             "seed) against the strongest real-only row (baseline or control) with the same "
              "classifier settings, with a 95 % bootstrap interval over those pairs; `up` counts the pairs it won. "
              f"Tail recalls: {', '.join(tail)}.", "", to_markdown(table), ""]
     if len(pools):
@@ -171,10 +172,7 @@ def compare(spec) -> str:
 
 def _train_counts(spec) -> dict:
     """Training images per class of the first variant's first run (the tail is the classes with fewest)."""
-    from .crossval import fold_config
-
-    cfg = spec.config(next(iter(spec.variants)))
-    run = Run(fold_config(cfg, 0)) if cfg.data.folds else Run(cfg)
+    run = Run(spec.runs(next(iter(spec.variants)))[0][2])
     if not run.paths.marker("prepare").is_file():
         return {}
     return (read_json(run.paths.marker("prepare")).get("counts") or {}).get("train", {})

@@ -5,13 +5,14 @@ are identical.
     base: configs/ham10000.yaml          # a config file (optional: the defaults otherwise)
     set: {classifier.seeds: [0, 1]}      # overrides for every variant
     out: runs/sweep_ham                  # the sweep's directory
+    splits: [0, 1, 2]                    # data splits (the top-level seed), pooled by compare (optional)
     controls: [real_oversample]          # variants added for you (CONTROLS)
     variants:                            # name: overrides of the base
       real: {}
       synth_same: {generate.context_classes: same}
 
-Layout: ``out/sweep.yaml`` (the spec as run), ``out/<variant>/`` (an ordinary run directory; with
-``data.folds``, ``out/<variant>/fold_<i>/`` too), ``out/store/<stage>/<key>/`` (what a stage wrote). A stage's
+Layout: ``out/sweep.yaml`` (the spec as run), ``out/<variant>/`` (an ordinary run directory, or with
+``splits`` one per split, ``out/<variant>/split_<s>/``; with ``data.folds``, ``.../fold_<i>/`` too), ``out/store/<stage>/<key>/`` (what a stage wrote). A stage's
 key hashes exactly the config fields it reads (``STAGE_INPUTS``) and the keys of the stages it reads from,
 so a run whose inputs to a stage match an earlier one's links that output instead of computing it: the
 baselines, autoencoder, generator and pool of variants that differ only downstream are made once, and a new
@@ -239,6 +240,7 @@ class SweepSpec:
     base: dict        # the base config's values (file + set), before a variant's overrides
     variants: dict    # name -> {dotted key: value}
     source: dict      # the spec as written
+    splits: list = field(default_factory=list)  # data seeds; empty: the config's own seed, no split level
 
     @classmethod
     def load(cls, path: str | Path, out: str | None = None) -> "SweepSpec":
@@ -257,9 +259,13 @@ class SweepSpec:
     def from_dict(cls, spec, where: str = "sweep spec") -> "SweepSpec":
         if not isinstance(spec, dict):
             raise ValueError(f"{where}: must be a mapping with out, variants (and base, set, controls)")
-        unknown = sorted(set(spec) - {"base", "set", "out", "controls", "variants"})
+        known = ("base", "set", "out", "splits", "controls", "variants")
+        unknown = sorted(set(spec) - set(known))
         if unknown:
-            raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; known: base, set, out, controls, variants")
+            raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(known)}")
+        splits = spec.get("splits") or []
+        if not isinstance(splits, list) or not all(isinstance(x, int) and x >= 0 for x in splits):
+            raise ValueError(f"{where}: splits must be a list of data seeds (non-negative integers), got {splits!r}")
         if not spec.get("out"):
             raise ValueError(f"{where}: needs out (the sweep's directory)")
         variants = spec.get("variants") or {}
@@ -281,18 +287,36 @@ class SweepSpec:
                 raise FileNotFoundError(f"{where}: base config not found: {base_path}")
             base = yaml.safe_load(base_path.read_text(encoding="utf-8")) or {}
         base = _apply(base, spec.get("set") or {}, f"{where}: set")
-        out = cls(Path(spec["out"]), base, {str(k): dict(v or {}) for k, v in variants.items()}, spec)
+        out = cls(Path(spec["out"]), base, {str(k): dict(v or {}) for k, v in variants.items()}, spec, list(splits))
         for name in out.variants:
             out.config(name)  # every variant's config checked before anything runs
         return out
 
-    def config(self, name: str) -> Config:
+    def split_seeds(self) -> list:
+        """The data splits a variant runs on: ``splits``, or [None] for the config's own seed."""
+        return list(self.splits) or [None]
+
+    def config(self, name: str, split: int | None = None) -> Config:
+        """Variant ``name``'s config (on data split ``split``, the top-level seed, when the spec has splits)."""
         values = _apply(self.base, self.variants[name], f"variant {name}")
-        values["run_dir"] = str(self.out / name)
+        values["run_dir"] = str(self.out / name if split is None else self.out / name / f"split_{split}")
+        if split is not None:
+            values["seed"] = split
         try:
             return config_from_dict(values)
         except ValueError as e:
             raise ValueError(f"variant {name}: {e}") from None
+
+    def runs(self, name: str) -> list[tuple[int | None, int, Config]]:
+        """(split, fold, config) of every run of variant ``name``: its splits, and within each its folds."""
+        from .crossval import fold_config
+
+        out = []
+        for split in self.split_seeds():
+            cfg = self.config(name, split)
+            folds = [fold_config(cfg, f) for f in range(cfg.data.folds)] if cfg.data.folds else [cfg]
+            out += [(split, f, c) for f, c in enumerate(folds)]
+        return out
 
 
 def _apply(values: dict, overrides: dict, where: str) -> dict:
@@ -320,18 +344,19 @@ def run_sweep(spec: SweepSpec, only: list[str] | None = None, stages: list[str] 
     for name in only or list(spec.variants):
         if name not in spec.variants:
             raise ValueError(f"unknown variant {name!r}; this sweep has {', '.join(spec.variants)}")
-        cfg = spec.config(name)
-        log.info("sweep: variant %s", name)
-        top = Run(cfg)
-        store.open(top)
-        runs = [Run(fold_config(cfg, f)) for f in range(cfg.data.folds)] if cfg.data.folds else [top]
-        for run in runs:
-            if run is not top:
-                store.open(run)
-            changed = False
-            for stage in stages or list(STAGES):  # the per-run tables again whenever a stage before them ran
-                changed |= store.run_stage(run, stage, force=changed and stage in PER_RUN)
-        if cfg.data.folds and all(r.paths.results.is_file() for r in runs):
-            summarise_folds(top)
+        for split in spec.split_seeds():
+            cfg = spec.config(name, split)
+            log.info("sweep: variant %s%s", name, "" if split is None else f", split {split}")
+            top = Run(cfg)
+            store.open(top)
+            runs = [Run(fold_config(cfg, f)) for f in range(cfg.data.folds)] if cfg.data.folds else [top]
+            for run in runs:
+                if run is not top:
+                    store.open(run)
+                changed = False
+                for stage in stages or list(STAGES):  # the per-run tables again whenever a stage before them ran
+                    changed |= store.run_stage(run, stage, force=changed and stage in PER_RUN)
+            if cfg.data.folds and all(r.paths.results.is_file() for r in runs):
+                summarise_folds(top)
     log.info("sweep: %d stage outputs computed, %d reused from the store", len(store.computed), len(store.shared))
     return store
