@@ -48,6 +48,19 @@ def test_every_stage_ran_and_wrote_its_artefacts(finished_run):
     assert (run / "report" / "training.png").stat().st_size > 1000
 
 
+def test_select_records_class_fidelity_beside_real_images(finished_run):
+    run, _ = finished_run
+    selection = pd.read_csv(run / "selection" / "selection.csv")
+    classes = set(json.loads((run / "data" / "dataset.json").read_text())["classes"])
+    assert set(selection["predicted_class"]) <= classes
+    fidelity = json.loads((run / "selection" / "calibration.json").read_text())["fidelity"]
+    assert set(fidelity) == set(selection["class"])
+    for cls, v in fidelity.items():  # the share of that class's synthetic images read as the class
+        share = (selection.loc[selection["class"] == cls, "predicted_class"] == cls).mean()
+        assert v["synthetic"] == pytest.approx(share) and 0 <= v["real_val"] <= 1
+    assert "Class fidelity" in (run / "report" / "report.md").read_text()
+
+
 def test_prepared_splits_stay_on_disk(finished_run):
     """Every stage after prepare reads the saved cache batch by batch: a split is an index into it, not a
     copy, and its masks are binary uint8 (a quarter of float32)."""

@@ -105,7 +105,8 @@ def test_tiny_sweep_shares_every_identical_stage_and_compare_builds_the_table(tm
         assert (out / name / "results" / "results.csv").is_file()  # each an ordinary run directory
     assert (out / "guidance_3" / "diffusion").is_symlink() and not (out / "real_oversample" / "synthetic").exists()
     page = (out / "compare.md").read_text()
-    for row in ("baseline:ce", "baseline:logit_adjust", "guidance_2", "guidance_3", "real_oversample", "vs reference"):
+    for row in ("baseline:ce", "baseline:logit_adjust", "guidance_2", "guidance_3", "real_oversample", "vs reference",
+                "fidelity, real", "realism AUROC"):
         assert row in page, row
     results = pd.read_csv(out / "results.csv")
     assert {"dataset", "size", "variant", "fold", "seed", "bacc", "R_DF"} <= set(results.columns)

@@ -5,7 +5,8 @@ row), each control variant (``classifier.fill_with: real``) and each synthetic v
 folds and seeds (pooled). A synthetic row is set against the strongest real-only row (baseline or control)
 trained with the same classifier settings: the paired difference by (split, fold, seed), with a bootstrap
 interval over those pairs.
-Per pool (synthetic variant): the selection funnel and realism AUROC, summed or averaged over folds.
+Per pool (synthetic variant): the selection funnel, realism AUROC and class fidelity (how often the feature
+classifier calls a synthetic image its own class, beside real validation images), over folds.
 
 Writes ``<sweep>/compare.md`` and ``<sweep>/results.csv`` (``dataset, size, variant, model, role, split, fold,
 seed, bacc, R_<class>, ...``).
@@ -115,7 +116,7 @@ def pool_table(spec) -> pd.DataFrame:
         if spec.config(name).classifier.fill_with == "real":
             continue
         runs = [Run(cfg) for _, _, cfg in spec.runs(name)]
-        tables, auroc = [], {}
+        tables, auroc, real_fidelity = [], {}, {}
         for run in runs:
             if run.paths.selection.is_file():
                 t = read_table(run.paths.selection)
@@ -125,6 +126,10 @@ def pool_table(spec) -> pd.DataFrame:
                 for cls, v in (read_json(run.paths.marker("select")).get("realism_auroc") or {}).items():
                     if v is not None:
                         auroc.setdefault(cls, []).append(v)
+            if run.paths.calibration.is_file():
+                for cls, v in (read_json(run.paths.calibration).get("fidelity") or {}).items():
+                    if v.get("real_val") is not None:
+                        real_fidelity.setdefault(cls, []).append(v["real_val"])
         if not tables:
             continue
         t = pd.concat(tables, ignore_index=True)
@@ -134,7 +139,10 @@ def pool_table(spec) -> pd.DataFrame:
             lines.append({"pool": name, "class": cls, "generated": len(g), "within threshold": int(g["within_threshold"].sum()),
                           "not a near-copy": int((g["within_threshold"] & ~g["near_copy"]).sum()),
                           "eligible": int(g["eligible"].sum()), "used": int(g["used"].sum()),
-                          "realism AUROC": f"{np.mean(auroc[cls]):.2f}" if cls in auroc else ""})
+                          "realism AUROC": f"{np.mean(auroc[cls]):.2f}" if cls in auroc else "",
+                          # how often the feature classifier calls them their class; real validation images beside
+                          "fidelity": f"{np.mean(g['predicted_class'] == cls):.2f}" if "predicted_class" in g else "",
+                          "fidelity, real": f"{np.mean(real_fidelity[cls]):.2f}" if cls in real_fidelity else ""})
     return pd.DataFrame(lines)
 
 

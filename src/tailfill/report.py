@@ -244,6 +244,14 @@ def sample_grid(run, selection: pd.DataFrame, path: Path, per_row: int = 6) -> N
     image_grid(rows, path, per_row)
 
 
+def fidelity_text(fidelity: dict) -> str:
+    """``DF 0.62 (0.80), ...``: synthetic images called their class, and (in brackets) real validation ones."""
+    def share(v):
+        return "-" if v is None else f"{v:.2f}"
+
+    return ", ".join(f"{c} {share(v['synthetic'])} ({share(v['real_val'])})" for c, v in fidelity.items())
+
+
 def write_report(run) -> Path:
     """Write ``report/report.md`` with tables and plots, and the same as one self-contained
     ``report/report.html``; returns the Markdown's path."""
@@ -291,7 +299,7 @@ def write_report(run) -> Path:
                          used=("used", "sum")).reset_index()
         reasons = selection["reason"].value_counts().to_dict()
         lines += ["## Synthetic data and OOD selection", "", to_markdown(table), "",
-                  f"Decisions: {reasons}", ""]
+                  "Decisions: " + ", ".join(f"{reason} {n}" for reason, n in reasons.items()), ""]
         if paths.calibration.is_file():
             cal = read_json(paths.calibration)
             fm = cal.get("feature_model", {})
@@ -300,10 +308,15 @@ def write_report(run) -> Path:
                           f"validation (balanced accuracy {fm['val_balanced_accuracy']:.3f}, chance "
                           f"{1 / len(classes):.3f}): its scores say little, and a realism AUROC near 0.5 then "
                           "means nothing.", ""]
-            plot_ood_histograms(cal, selection, out / "ood_scores.png")
-            lines += ["Realism diagnostic: AUROC of telling synthetic from held-out real images by OOD score "
-                      "(0.5 = indistinguishable): " + ", ".join(f"{k} {v:.2f}" for k, v in cal["realism_auroc"].items()),
-                      "", "![OOD scores](ood_scores.png)", ""]
+            if cal.get("fidelity"):
+                lines += ["Class fidelity: how often the feature classifier calls a synthetic image its own class "
+                          "(real validation images in brackets): " + fidelity_text(cal["fidelity"]), ""]
+            if "thresholds" in cal:  # select.method: none has no OOD scores
+                plot_ood_histograms(cal, selection, out / "ood_scores.png")
+                lines += ["Realism diagnostic: AUROC of telling synthetic from held-out real images by OOD score "
+                          "(0.5 = indistinguishable): " + ", ".join(f"{k} {v:.2f}" for k, v in
+                                                                      cal["realism_auroc"].items()),
+                          "", "![OOD scores](ood_scores.png)", ""]
         sample_grid(run, selection, out / "samples.png")
         lines += ["![real vs synthetic samples](samples.png)", ""]
     ae = paths.autoencoder / "metrics.json"

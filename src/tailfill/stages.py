@@ -214,6 +214,17 @@ def feature_model_quality(run: Run) -> dict:
     return {"method": method, "val_balanced_accuracy": bacc, "near_chance": near}
 
 
+def class_fidelity(model, synthetic, labels, val, classes: list) -> tuple[list, dict]:
+    """Each synthetic image's class as the feature classifier reads it, and per class how often it reads a
+    synthetic image as its own class beside how often it does so for the real held-out (validation) images."""
+    pred = model.predict_proba(synthetic).argmax(1)
+    val_pred = model.predict_proba(val.images).argmax(1)
+    fidelity = {classes[c]: {"synthetic": float(np.mean(pred[labels == c] == c)),
+                             "real_val": float(np.mean(val_pred[val.labels == c] == c)) if np.any(val.labels == c) else None}
+                for c in np.unique(labels)}
+    return [classes[i] for i in pred], fidelity
+
+
 def select(run: Run) -> None:
     from .generate import load_synthetic
     from .ood import select_synthetic
@@ -228,13 +239,13 @@ def select(run: Run) -> None:
         run.mark("select", t0, eligible=0, used=0)
         return
     tr, va = run.data.split("train"), run.data.split("val")
+    model, synthetic, labels = feature_model(run), load_synthetic(run.paths.synthetic, manifest), manifest["label"].to_numpy()
     table, calibration = select_synthetic(
-        feature_model(run), (tr.images, tr.labels), (va.images, va.labels),
-        load_synthetic(run.paths.synthetic, manifest), manifest["label"].to_numpy(),
+        model, (tr.images, tr.labels), (va.images, va.labels), synthetic, labels,
         manifest["context_index"].to_numpy(), deficits(run), run.cfg.select, run.data.classes)
-    if calibration:
-        calibration["feature_model"] = feature_model_quality(run)
-        write_json(run.paths.calibration, calibration)
+    table["predicted_class"], calibration["fidelity"] = class_fidelity(model, synthetic, labels, va, run.data.classes)
+    calibration["feature_model"] = feature_model_quality(run)
+    write_json(run.paths.calibration, calibration)
     table = pd.concat([manifest, table], axis=1)
     write_csv(run.paths.selection, table)
     funnel = table.groupby("class").agg(generated=("eligible", "size"), eligible=("eligible", "sum"),
