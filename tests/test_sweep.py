@@ -121,6 +121,15 @@ def test_tiny_sweep_shares_every_identical_stage_and_compare_builds_the_table(tm
     assert main(["compare", str(out)]) == 0
     assert pd.read_csv(out / "results.csv").groupby("role").size().to_dict() == {"baseline": 6, "control": 3,
                                                                                  "synthetic": 6}
+    # a variant changed upstream of a shared output gets its own, and the old entry is left as it was
+    old_pool = (out / "guidance_2" / "synthetic").resolve()
+    before = (old_pool / "manifest.csv").read_text()
+    spec = write_spec(tmp_path, {"guidance_2": {"generate.guidance_scale": 2.5},
+                                 "guidance_3": {"generate.guidance_scale": 3.0}}, seeds=(0, 1, 2))
+    assert main(["sweep", str(spec), "--variant", "guidance_2", "--no-compare"]) == 0
+    assert (out / "guidance_2" / "synthetic").resolve() != old_pool
+    assert (old_pool / "manifest.csv").read_text() == before
+    assert pd.read_csv(out / "guidance_2" / "synthetic" / "manifest.csv")["guidance_scale"].eq(2.5).all()
 
 
 def test_compare_pairs_each_synthetic_row_with_the_strongest_real_row_of_its_settings():

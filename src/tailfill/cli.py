@@ -196,8 +196,9 @@ def _dispatch(args) -> int:
         from .compare import compare
         from .sweep import SweepSpec
 
-        spec = Path(args.spec)
-        print(compare(SweepSpec.load(spec / "sweep.yaml" if spec.is_dir() else spec, args.out)))
+        spec = Path(args.spec)  # a sweep's directory is its own out, wherever it was moved
+        print(compare(SweepSpec.load(spec / "sweep.yaml", args.out or str(spec)) if spec.is_dir()
+                      else SweepSpec.load(spec, args.out)))
         return 0
     configure_threads(lambda line: print(line, file=sys.stderr))  # a busy machine: fewer threads, not spinning ones
     if args.command == "sweep":

@@ -36,12 +36,12 @@ def sweep_rows(spec) -> pd.DataFrame:
     """Every (variant, model, fold, seed) result of a sweep as one table."""
     from .sweep import baseline_keys
 
-    rows = []
+    rows, pending = [], []
     for name in spec.variants:
         for split, fold, cfg in spec.runs(name):
             run, settings = Run(cfg), _settings(cfg)
             if not run.paths.results.is_file():
-                log.warning("compare: %s has no results yet; left out", run.dir)
+                pending.append(str(run.dir.relative_to(spec.out)))
                 continue
             results = read_table(run.paths.results)
             ensembles = {m: s["ensemble"]["balanced_accuracy"] for m, s in read_json(run.paths.summary).items()
@@ -58,6 +58,9 @@ def sweep_rows(spec) -> pd.DataFrame:
                     "fit": None if augmented else fits.get((r["method"], int(r["seed"]))),
                     "bacc": float(r["balanced_accuracy"]), "val_bacc": float(r["val_balanced_accuracy"]),
                     **{f"R_{c[len('recall_'):]}": float(r[c]) for c in results.columns if c.startswith("recall_")}})
+    if pending:
+        log.warning("compare: %d run(s) have no results yet and are left out: %s", len(pending),
+                    ", ".join(pending[:6]) + (", ..." if len(pending) > 6 else ""))
     frame = pd.DataFrame(rows)
     if not len(frame):
         return frame
@@ -179,8 +182,10 @@ def compare(spec) -> str:
 
 
 def _train_counts(spec) -> dict:
-    """Training images per class of the first variant's first run (the tail is the classes with fewest)."""
-    run = Run(spec.runs(next(iter(spec.variants)))[0][2])
-    if not run.paths.marker("prepare").is_file():
-        return {}
-    return (read_json(run.paths.marker("prepare")).get("counts") or {}).get("train", {})
+    """Training images per class of the first prepared run (the tail is the classes with fewest)."""
+    for name in spec.variants:
+        for _, _, cfg in spec.runs(name):
+            marker = Run(cfg).paths.marker("prepare")
+            if marker.is_file():
+                return (read_json(marker).get("counts") or {}).get("train", {})
+    return {}

@@ -197,6 +197,9 @@ class Store:
             run.forget_data()
             self.shared.append((run.dir, stage, None))
             return True
+        for rel in STAGE_OUTPUTS[stage]:  # a link to an older key's output: never write into that entry
+            if (run.dir / rel).is_symlink():
+                (run.dir / rel).unlink()
         run_stage(run, stage)
         marker = {**read_json(run.paths.marker(stage)), "key": entry.name}
         write_json(run.paths.marker(stage), marker)
@@ -339,7 +342,7 @@ def run_sweep(spec: SweepSpec, only: list[str] | None = None, stages: list[str] 
     from .stages import STAGES
 
     spec.out.mkdir(parents=True, exist_ok=True)
-    write_text(spec.out / "sweep.yaml", yaml.safe_dump(spec.source, sort_keys=False))
+    write_text(spec.out / "sweep.yaml", yaml.safe_dump({**spec.source, "out": str(spec.out)}, sort_keys=False))
     store = Store(spec.out / "store")
     for name in only or list(spec.variants):
         if name not in spec.variants:
