@@ -35,6 +35,12 @@ def test_stage_keys_follow_exactly_what_a_stage_reads():
     more_seeds = load_config(overrides=["classifier.seeds=[0, 1, 2]"])  # a new seed leaves the others' keys alone
     assert stage_key(more_seeds, "train-augmented", "ce", 0, "ce") == stage_key(load_config(), "train-augmented", "ce", 0, "ce")
     assert stage_key(a, "select", feature="ce") != stage_key(a, "select", feature="logit_adjust")
+    # the real-oversampling control reads no generator: its fits do not move with generator settings
+    ra, rb = (load_config(overrides=[o, "classifier.fill_with=real"]) for o in ("diffusion.train_steps=10",
+                                                                                "generate.guidance_scale=1.0"))
+    assert stage_key(ra, "train-augmented", "ce", 0, "ce") == stage_key(rb, "train-augmented", "ce", 0, "ce")
+    rc = load_config(overrides=["generate.target=50", "classifier.fill_with=real"])  # another deficit
+    assert stage_key(ra, "train-augmented", "ce", 0, "ce") != stage_key(rc, "train-augmented", "ce", 0, "ce")
     d = load_config(overrides=["data.workers=1"])  # how fast, not what
     assert stage_key(load_config(), "prepare") == stage_key(d, "prepare")
     e = load_config(overrides=["data.image_size=64"])

@@ -56,6 +56,10 @@ STAGE_INPUTS = {
     "generate": (["device", "generate", "classifier.fill_with"], ["train-diffusion"]),
     "select": (["select", "classifier.fill_with"], ["generate", "train-baseline"]),  # the feature model's fit
     "train-augmented": (["device", ("classifier", PER_FIT)], ["select"]),
+    # the real-oversampling control reads no generator: each class's deficit (generate.classes, .target) is
+    # filled with its own real images, drawn by the run's seed
+    "train-augmented:real": (["seed", "device", ("classifier", PER_FIT), "generate.classes", "generate.target"],
+                             ["prepare"]),
 }
 PER_RUN = ("evaluate", "report")  # cheap tables of a run's own fits: never shared
 # what each shared stage writes, relative to the run directory (per fit for the two classifier stages)
@@ -85,7 +89,8 @@ def stage_key(cfg: Config, stage: str, method: str | None = None, seed: int | No
     """The key of ``stage``'s output for ``cfg``: its config fields, the keys of its upstream stages, and for a
     classifier fit its method and seed. ``feature`` is the baseline method whose first-seed fit gives the OOD
     features (``select.feature_method``, or the best baseline once the baselines exist): select reads that fit."""
-    wanted, upstream = STAGE_INPUTS[stage]
+    control = stage == "train-augmented" and cfg.classifier.fill_with == "real"
+    wanted, upstream = STAGE_INPUTS[f"{stage}:real" if control else stage]
     parts = {"stage": stage, "fields": _fields(cfg, wanted)}
     for up in upstream:
         parts[up] = stage_key(cfg, up, feature, cfg.classifier.seeds[0]) if up == "train-baseline" \
