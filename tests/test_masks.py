@@ -3,7 +3,8 @@ import pytest
 from PIL import Image
 
 from tailfill.data.demo import draw_lesion_image
-from tailfill.masks import fallback_mask, load_user_mask, random_shape_mask, segment_lesion
+from tailfill.data.lesion_masks import MaskFolder
+from tailfill.masks import fallback_mask, random_shape_mask, segment_lesion
 from tailfill.data import ImageError
 
 
@@ -41,7 +42,7 @@ def test_user_masks_isic_naming(tmp_path):
     mask = np.zeros((40, 40), np.uint8)
     mask[10:30, 10:30] = 255
     Image.fromarray(mask).save(tmp_path / "ISIC_0000001_segmentation.png")
-    m = load_user_mask(tmp_path, "ISIC_0000001", 20)
+    m = MaskFolder(tmp_path).read("ISIC_0000001", 20)
     assert m.shape == (20, 20) and m[10, 10] == 1 and m[0, 0] == 0
     with pytest.raises(ImageError, match="no mask for image ISIC_0000002"):
-        load_user_mask(tmp_path, "ISIC_0000002", 20)
+        MaskFolder(tmp_path).read("ISIC_0000002", 20)

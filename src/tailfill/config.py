@@ -255,6 +255,16 @@ def config_from_dict(values: dict | None) -> Config:
     return cfg
 
 
+def set_dotted(values: dict, key: str, value, where: str) -> None:
+    """``values[a][b] = value`` for ``key`` "a.b" (sections made as needed); ``where`` starts the error."""
+    node, parts = values, key.strip().split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"{where}: config section {p} must be a mapping, got {node!r}")
+    node[parts[-1]] = value
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Load a YAML config over the defaults; ``overrides`` are ``a.b=value`` strings (YAML values)."""
     values: dict[str, Any] = {}
@@ -276,16 +286,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if "=" not in item:
             raise ValueError(f"override {item!r} must look like section.key=value")
         key, raw = item.split("=", 1)
-        node = values
-        parts = key.strip().split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"override {item!r}: config section {p} must be a mapping, got {node!r}")
         try:
-            node[parts[-1]] = yaml.safe_load(raw)
+            value = yaml.safe_load(raw)
         except yaml.YAMLError as e:
             raise ValueError(f"override {item!r}: not a valid YAML value: {e}") from None
+        set_dotted(values, key, value, f"override {item!r}")
     return config_from_dict(values)
 
 # the allowed range of every numeric key, in interval notation; checked at load, naming the key (a test

@@ -1,16 +1,13 @@
-"""Lesion masks: automatic segmentation, user-supplied files, and random shapes for training.
+"""Lesion masks: automatic segmentation and random shapes for training (files: data.lesion_masks).
 
 Masks are binary, 1 where the lesion is (the region to inpaint): float32 from the functions that make one
 mask, uint8 for a whole dataset's (``segment_batch``, the prepared masks), converted per batch.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 from scipy import ndimage
 
-from .data.lesion_masks import MaskFolder
 
 
 def _otsu(values: np.ndarray) -> float:
@@ -103,9 +100,3 @@ def random_shape_mask(size: int, rng: np.random.Generator) -> np.ndarray:
                 mask |= np.hypot(yy - py, xx - px) < width
             y, x = ny, nx
     return mask.astype(np.float32)
-
-
-def load_user_mask(masks_dir: str | Path, image_id: str, size: int, resize: str = "crop") -> np.ndarray:
-    """Load ``<image_id>.png`` or ``<image_id>_segmentation.png`` (ISIC task 1 naming), made square by the
-    images' ``data.resize`` rule (centre crop by default), as a float mask."""
-    return MaskFolder(masks_dir).read(image_id, size, resize).astype(np.float32)

@@ -186,23 +186,27 @@ class Run:
             raise RunDirError(f"run directory {self.dir} already holds a run; pass --resume to continue it "
                               "or --overwrite to start again")
         elif started:
-            import yaml
-
-            saved = yaml.safe_load(self.paths.config.read_text(encoding="utf-8"))
-            saved["run_dir"] = self.cfg.run_dir
-            # compare typed: a key added to the config since the run started takes its default
-            current = self.cfg.to_dict()
-            try:
-                saved = config_from_dict(saved).to_dict()
-            except ValueError:
-                pass
-            if saved != current:
-                diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+            diff = self.config_changes()
+            if diff:
                 raise RunDirError(f"cannot resume {self.dir}: its config differs in {', '.join(diff)}; "
                                   "use the same config, another --run-dir, or --overwrite")
             return
         self.dir.mkdir(parents=True, exist_ok=True)
         write_text(self.paths.config, self.cfg.to_yaml())
+
+    def config_changes(self) -> list[str]:
+        """The top-level config keys in which the saved ``config.yaml`` differs from this run's config."""
+        import yaml
+
+        saved = yaml.safe_load(self.paths.config.read_text(encoding="utf-8"))
+        saved["run_dir"] = self.cfg.run_dir
+        # compare typed: a key added to the config since the run started takes its default
+        current = self.cfg.to_dict()
+        try:
+            saved = config_from_dict(saved).to_dict()
+        except ValueError:
+            pass
+        return sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
 
     def has_progress(self) -> bool:
         """Whether any stage finished here (or in a cross-validation fold of this directory)."""

@@ -80,8 +80,8 @@ def train_autoencoder(run: Run) -> None:
     from .training import to_model_range, to_uint8
 
     t0 = time.time()
-    if run.cfg.diffusion.space != "latent" or _real_control(run):
-        run.mark("train-autoencoder", t0, skipped="pixel-space diffusion" if not _real_control(run) else CONTROL)
+    if run.cfg.diffusion.space != "latent":
+        run.mark("train-autoencoder", t0, skipped="pixel-space diffusion")
         return
     if run.cfg.diffusion.vae or run.cfg.diffusion.pretrained:
         vae = load_vae(run.cfg.diffusion.vae or run.cfg.diffusion.pretrained, run.device)
@@ -110,20 +110,10 @@ def _autoencoder(run: Run):
     return load_vae(run.cfg.diffusion.vae or run.cfg.diffusion.pretrained or run.paths.autoencoder / "vae", run.device)
 
 
-CONTROL = "classifier.fill_with: real (the real-oversampling control needs no generator)"
-
-
-def _real_control(run: Run) -> bool:
-    return run.cfg.classifier.fill_with == "real"
-
-
 def train_diffusion(run: Run) -> None:
     from .diffusion import train_diffusion as train
 
     t0 = time.time()
-    if _real_control(run):
-        run.mark("train-diffusion", t0, skipped=CONTROL)
-        return
     tr = run.data.split("train")
     train(tr.images, tr.labels, tr.masks, len(run.data.classes), run.cfg.diffusion, run.paths.diffusion,
           run.cfg.seed, run.device, resume=True, tracking=run.tracking, vae=_autoencoder(run))
@@ -140,9 +130,6 @@ def generate(run: Run) -> None:
     from .generate import collect_shards, generate as make, make_plan
 
     t0 = time.time()
-    if _real_control(run):
-        run.mark("generate", t0, skipped=CONTROL)
-        return
     proc = process_info()
     tr = run.data.split("train")
     if proc.is_main and not run.paths.plan.is_file():
@@ -216,9 +203,10 @@ def feature_model_quality(run: Run) -> dict:
 
 def class_fidelity(model, synthetic, labels, val, classes: list) -> tuple[list, dict]:
     """Each synthetic image's class as the feature classifier reads it, and per class how often it reads a
-    synthetic image as its own class beside how often it does so for the real held-out (validation) images."""
-    pred = model.predict_proba(synthetic).argmax(1)
-    val_pred = model.predict_proba(val.images).argmax(1)
+    synthetic image as its own class beside how often it does so for the real held-out (validation) images.
+    One view, as the OOD features are (without the 8 of ``classifier.tta``)."""
+    pred = model.logits(synthetic).argmax(1)
+    val_pred = model.logits(val.images).argmax(1)
     fidelity = {classes[c]: {"synthetic": float(np.mean(pred[labels == c] == c)),
                              "real_val": float(np.mean(val_pred[val.labels == c] == c)) if np.any(val.labels == c) else None}
                 for c in np.unique(labels)}
@@ -230,9 +218,6 @@ def select(run: Run) -> None:
     from .ood import select_synthetic
 
     t0 = time.time()
-    if _real_control(run):
-        run.mark("select", t0, skipped=CONTROL)
-        return
     manifest = read_table(run.paths.manifest)
     if len(manifest) == 0:
         write_csv(run.paths.selection, manifest.assign(score=[], eligible=[], used=[], reason=[]))
@@ -263,22 +248,19 @@ def train_augmented(run: Run) -> None:
     cfg = run.cfg.classifier
     method = best_baseline(run) if cfg.augmented_method == "best" else cfg.augmented_method
     tr = run.data.split("train")
-    if _real_control(run):  # each class's deficit filled with its own real images, repeated
+    if cfg.fill_with == "real":  # the control: each class's deficit filled with its own real images, repeated
         train = with_repeated_real(tr.images, tr.labels, deficits(run), run.cfg.seed)
-        repeats = len(train.labels) - len(tr.labels)
-        for seed in cfg.seeds:
-            _train_and_save(run, "augmented", method, seed, train, {"synthetic_images": 0, "repeated_real": repeats})
-        run.mark("train-augmented", t0, method=method, synthetic_images=0, repeated_real=repeats)
-        return
-    table = read_table(run.paths.selection)
-    used = table[table["used"].astype(bool)].reset_index(drop=True) if len(table) else table
-    train = with_synthetic(tr.images, tr.labels, load_synthetic(run.paths.synthetic, used) if len(used) else None,
-                           used["label"].to_numpy() if len(used) else np.zeros(0, int), cfg.synthetic_max_ratio,
-                           **synthetic_labels(used, run.data.classes, cfg))
-    n_syn = int(train.synthetic.sum())
+        added = {"synthetic_images": 0, "repeated_real": len(train.labels) - len(tr.labels)}
+    else:
+        table = read_table(run.paths.selection)
+        used = table[table["used"].astype(bool)].reset_index(drop=True) if len(table) else table
+        train = with_synthetic(tr.images, tr.labels, load_synthetic(run.paths.synthetic, used) if len(used) else None,
+                               used["label"].to_numpy() if len(used) else np.zeros(0, int), cfg.synthetic_max_ratio,
+                               **synthetic_labels(used, run.data.classes, cfg))
+        added = {"synthetic_images": int(train.synthetic.sum())}
     for seed in cfg.seeds:
-        _train_and_save(run, "augmented", method, seed, train, {"synthetic_images": n_syn})
-    run.mark("train-augmented", t0, method=method, synthetic_images=n_syn)
+        _train_and_save(run, "augmented", method, seed, train, added)
+    run.mark("train-augmented", t0, method=method, **added)
 
 
 def evaluate(run: Run) -> None:
@@ -318,6 +300,8 @@ STAGES = {"prepare": prepare, "train-baseline": train_baseline, "train-autoencod
           "report": report}
 # stages that only the main process runs under `accelerate launch`; the others share the work
 MAIN_ONLY = {"prepare", "select", "evaluate", "report"}
+# what the real-oversampling control (classifier.fill_with: real) skips: it needs no generator
+GENERATOR_STAGES = ("train-autoencoder", "train-diffusion", "generate", "select")
 
 
 def run_stage(run: Run, stage: str, force: bool = False) -> None:
@@ -326,6 +310,11 @@ def run_stage(run: Run, stage: str, force: bool = False) -> None:
         log.info("stage %s: already done, skipping", stage)
         return
     log.info("stage %s ...", stage)
+    if stage in GENERATOR_STAGES and run.cfg.classifier.fill_with == "real":
+        if proc.is_main:
+            run.mark(stage, time.time(), skipped="classifier.fill_with: real (the control needs no generator)")
+        proc.barrier()
+        return
     if stage in MAIN_ONLY:
         if proc.is_main:
             STAGES[stage](run)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import Config, config_from_dict
+from .config import Config, config_from_dict, set_dotted
 from .io import read_json, write_json, write_text
 from .run import Run
 
@@ -162,18 +162,15 @@ class Store:
     def open(self, run: Run) -> None:
         """Create ``run``'s directory, or bring an existing one up to its (possibly changed) config: a stage
         whose key changed, and every per-run stage after a change, runs again (its inputs come from the store)."""
-        saved = run.paths.config
-        if not saved.is_file():
+        if not run.paths.config.is_file():
             run.initialise()
             return
-        try:
-            before = config_from_dict({**yaml.safe_load(saved.read_text(encoding="utf-8")), "run_dir": run.cfg.run_dir})
-        except ValueError:
-            before = None
-        if before is not None and before.to_dict() == run.cfg.to_dict():
+        changes = run.config_changes()
+        if not changes:
             return
-        log.info("sweep: %s: the variant's config changed; stages whose inputs changed run again", run.dir)
-        write_text(saved, run.cfg.to_yaml())
+        log.info("sweep: %s: the variant's config changed in %s; stages whose inputs changed run again", run.dir,
+                 ", ".join(changes))
+        write_text(run.paths.config, run.cfg.to_yaml())
         for marker in run.paths.stages.glob("*.json"):
             stage = marker.stem  # select's key needs the baselines, which are re-linked first: always again
             if stage not in STAGE_OUTPUTS or stage == "select" or read_json(marker).get("key") != stage_key(run.cfg, stage):
@@ -330,12 +327,7 @@ class SweepSpec:
 def _apply(values: dict, overrides: dict, where: str) -> dict:
     out = copy.deepcopy(values)
     for key, value in overrides.items():
-        node, parts = out, str(key).split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"{where}: {key}: {p} is not a config section")
-        node[parts[-1]] = value
+        set_dotted(out, str(key), value, f"{where}: {key}")
     return out
 
 

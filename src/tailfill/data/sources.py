@@ -125,7 +125,6 @@ def _finish(root: Path, frame: pd.DataFrame, classes: list, what: str, drop_empt
     dup = frame["image"].duplicated()
     if dup.any():
         raise DataError(f"{what}: image id {frame.loc[dup, 'image'].iloc[0]!r} is listed more than once")
-    _confine(root, frame, what)
     return LabeledImages(root, frame[["image", "path", "label", "lesion_id"]].reset_index(drop=True),
                          [classes[i] for i in keep], list(classes), masks)
 
@@ -205,6 +204,7 @@ def load_image_folder(root: str | Path, classes: list | None = None) -> LabeledI
         rows += [{"image": p.relative_to(root).with_suffix("").as_posix(), "path": str(p.relative_to(root)),
                   "label": label} for p in files]
     frame = pd.DataFrame(rows, columns=["image", "path", "label"])
+    _confine(root, frame, str(root))  # files found by listing exist; a link among them may point outside
     return _finish(root, frame, classes, str(root))
 
 
