@@ -143,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     pick.add_argument("--variant", action="append", help="run only this variant (repeatable)")
     pick.add_argument("--index", type=int, help="run only the variant at this index of --list (a job array's task id)")
     pick.add_argument("--list", action="store_true", help="print the variants, one per line with its index, and stop")
+    p.add_argument("--fold", type=int, action="append",
+                   help="run only this fold of a cross-validated base (repeatable; default every fold)")
     p.add_argument("--stages", help="comma-separated subset of the stages (default all)")
     p.add_argument("--out", help="the sweep's directory (default: the spec's out)")
     p.add_argument("--no-compare", action="store_true", help="do not write the comparison tables at the end")
@@ -290,9 +292,9 @@ def _sweep(args) -> int:
     spec.out.mkdir(parents=True, exist_ok=True)
     _setup_logging(spec.out, args.verbose)
     only = [names[args.index]] if args.index is not None else args.variant
-    store = run_sweep(spec, only, stages)
+    store = run_sweep(spec, only, stages, args.fold)
     print(f"sweep {spec.out}: {len(store.computed)} stage outputs computed, {len(store.shared)} reused")
-    if not args.no_compare and only is None:
+    if not args.no_compare and only is None and args.fold is None:
         from .compare import compare
 
         print(compare(spec))

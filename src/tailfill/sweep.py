@@ -333,17 +333,26 @@ def _apply(values: dict, overrides: dict, where: str) -> dict:
 
 # ---------- running
 
-def run_sweep(spec: SweepSpec, only: list[str] | None = None, stages: list[str] | None = None) -> Store:
-    """Run (or resume) the variants ``only`` (default all), every stage through the store."""
+def run_sweep(spec: SweepSpec, only: list[str] | None = None, stages: list[str] | None = None,
+              folds: list[int] | None = None) -> Store:
+    """Run (or resume) the variants ``only`` (default all), every stage through the store; with ``folds``, only
+    those folds of a cross-validated base (fold-major order across jobs or sessions: every variant of fold 0
+    first)."""
     from .crossval import fold_config, summarise_folds
     from .stages import STAGES
 
+    for name in only or list(spec.variants):
+        if name not in spec.variants:
+            raise ValueError(f"unknown variant {name!r}; this sweep has {', '.join(spec.variants)}")
+        k = spec.config(name).data.folds
+        if folds and not k:
+            raise ValueError(f"variant {name}: a fold was asked for, but its config has no data.folds")
+        if any(not 0 <= f < (k or 0) for f in folds or []):
+            raise ValueError(f"variant {name}: folds {folds} asked for; its config has folds 0 to {k - 1}")
     spec.out.mkdir(parents=True, exist_ok=True)
     write_text(spec.out / "sweep.yaml", yaml.safe_dump({**spec.source, "out": str(spec.out)}, sort_keys=False))
     store = Store(spec.out / "store")
     for name in only or list(spec.variants):
-        if name not in spec.variants:
-            raise ValueError(f"unknown variant {name!r}; this sweep has {', '.join(spec.variants)}")
         for split in spec.split_seeds():
             cfg = spec.config(name, split)
             log.info("sweep: variant %s%s", name, "" if split is None else f", split {split}")
@@ -351,6 +360,8 @@ def run_sweep(spec: SweepSpec, only: list[str] | None = None, stages: list[str] 
             store.open(top)
             runs = [Run(fold_config(cfg, f)) for f in range(cfg.data.folds)] if cfg.data.folds else [top]
             for run in runs:
+                if folds and run.cfg.data.fold not in folds:
+                    continue
                 if run is not top:
                     store.open(run)
                 changed = False
