@@ -127,6 +127,18 @@ def test_tiny_sweep_shares_every_identical_stage_and_compare_builds_the_table(tm
     assert main(["compare", str(out)]) == 0
     assert pd.read_csv(out / "results.csv").groupby("role").size().to_dict() == {"baseline": 6, "control": 3,
                                                                                  "synthetic": 6}
+    # the archive: every run's record without weights or images; compare rebuilds the same table from it, and a
+    # sweep pointed at it skips every finished run
+    kept = tmp_path / "kept"
+    assert main(["sweep", str(spec), "--archive", str(kept)]) == 0
+    files = [p for p in kept.rglob("*") if p.is_file()]
+    assert files and not [p for p in files if p.suffix in (".safetensors", ".pt", ".npy", ".png")]
+    assert not any(p.is_symlink() for p in kept.rglob("*"))
+    assert main(["compare", str(kept)]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(kept / "results.csv"), pd.read_csv(out / "results.csv"))
+    calls.update(fit=0, diffusion=0, prepare=0)
+    assert main(["sweep", str(spec), "--out", str(kept), "--no-compare"]) == 0
+    assert calls == {"fit": 0, "diffusion": 0, "prepare": 0}
     # a variant changed upstream of a shared output gets its own, and the old entry is left as it was
     old_pool = (out / "guidance_2" / "synthetic").resolve()
     before = (old_pool / "manifest.csv").read_text()
@@ -169,3 +181,40 @@ def test_shipped_sweep_specs_load_with_their_controls(path, monkeypatch):
     spec = SweepSpec.load(path)
     assert "real_oversample" in spec.variants and spec.config("real_oversample").classifier.fill_with == "real"
     assert all(spec.runs(name) for name in spec.variants)
+
+
+def test_fold_must_exist_in_every_variant_before_anything_runs(tmp_path):
+    from tailfill.sweep import run_sweep
+
+    spec = SweepSpec.load(write_spec(tmp_path, {"a": {}}))
+    with pytest.raises(ValueError, match="no data.folds"):
+        run_sweep(spec, folds=[0])
+    spec.base.setdefault("data", {})["folds"] = 3
+    with pytest.raises(ValueError, match="folds 0 to 2"):
+        run_sweep(spec, folds=[1, 3])
+    assert not spec.out.exists()  # nothing was written
+
+
+def test_config_changes_ignore_where_the_images_are_cached(tmp_path):
+    from tailfill.run import Run
+
+    cfg = load_config(None, [f"run_dir={tmp_path / 'r'}", "data.cache_dir=/elsewhere"])
+    run = Run(cfg)
+    run.initialise()
+    moved = load_config(None, [f"run_dir={tmp_path / 'moved'}", "data.cache_dir=/moved/cache", "data.workers=3"])
+    run.paths.config.rename(tmp_path / "c.yaml")
+    other = Run(moved)
+    other.paths.root.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "c.yaml").rename(other.paths.config)
+    assert other.config_changes() == []
+    assert Run(load_config(None, [f"run_dir={tmp_path / 'moved'}", "seed=3"])).config_changes() == ["seed"]
+
+
+def test_set_overrides_join_the_spec_base_for_every_variant(tmp_path):
+    spec = SweepSpec.load(write_spec(tmp_path, {"a": {"classifier.lr": 0.1}}), overrides=["classifier.seeds=[5]",
+                                                                                          "classifier.lr=0.2"])
+    assert spec.config("a").classifier.seeds == [5] and spec.config("real_oversample").classifier.seeds == [5]
+    assert spec.config("a").classifier.lr == 0.1  # the variant's own override still wins
+    assert spec.source["set"]["classifier.seeds"] == [5]  # and sweep.yaml records it
+    with pytest.raises(ValueError, match="section.key=value"):
+        SweepSpec.load(write_spec(tmp_path, {"a": {}}), overrides=["seeds"])

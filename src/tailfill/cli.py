@@ -147,6 +147,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="run only this fold of a cross-validated base (repeatable; default every fold)")
     p.add_argument("--stages", help="comma-separated subset of the stages (default all)")
     p.add_argument("--out", help="the sweep's directory (default: the spec's out)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override the spec's base for every variant (repeatable; YAML values)")
+    p.add_argument("--archive", metavar="DEST", help="copy every run's results (no weights, images or caches) to "
+                   "DEST and stop: compare reads it, a sweep with --out DEST resumes from it")
     p.add_argument("--no-compare", action="store_true", help="do not write the comparison tables at the end")
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("--debug", action="store_true")
@@ -278,13 +282,19 @@ def _sweep(args) -> int:
     from .stages import STAGES
     from .sweep import SweepSpec, run_sweep
 
-    spec = SweepSpec.load(args.spec, args.out)
+    spec = SweepSpec.load(args.spec, args.out, args.set)
     names = list(spec.variants)
     if args.list:
         print("\n".join(f"{i}\t{n}" for i, n in enumerate(names)))
         return 0
     if args.index is not None and not 0 <= args.index < len(names):
         raise ValueError(f"--index {args.index}: this sweep has variants 0 to {len(names) - 1}")
+    if args.archive:
+        from .sweep import archive
+
+        files = archive(spec, Path(args.archive))
+        print(f"archived {len(files)} files ({sum(f.stat().st_size for f in files) / 1e6:.1f} MB) to {args.archive}")
+        return 0
     stages = args.stages.split(",") if args.stages else None
     unknown = [s for s in stages or [] if s not in STAGES]
     if unknown:

@@ -265,6 +265,20 @@ def set_dotted(values: dict, key: str, value, where: str) -> None:
     node[parts[-1]] = value
 
 
+def parse_overrides(items: list[str] | None) -> dict:
+    """``["a.b=value", ...]`` (values in YAML) -> ``{"a.b": (item, value)}``, the last of a key winning."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like section.key=value")
+        key, raw = item.split("=", 1)
+        try:
+            out[key.strip()] = (item, yaml.safe_load(raw))
+        except yaml.YAMLError as e:
+            raise ValueError(f"override {item!r}: not a valid YAML value: {e}") from None
+    return out
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Load a YAML config over the defaults; ``overrides`` are ``a.b=value`` strings (YAML values)."""
     values: dict[str, Any] = {}
@@ -282,14 +296,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(values, dict):
             raise ValueError(f"{path}: the top level must be a mapping of sections (data:, classifier:, ...), "
                              f"got a {type(values).__name__}")
-    for item in overrides or []:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} must look like section.key=value")
-        key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError as e:
-            raise ValueError(f"override {item!r}: not a valid YAML value: {e}") from None
+    for key, (item, value) in parse_overrides(overrides).items():
         set_dotted(values, key, value, f"override {item!r}")
     return config_from_dict(values)
 

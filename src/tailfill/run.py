@@ -206,6 +206,9 @@ class Run:
             saved = config_from_dict(saved).to_dict()
         except ValueError:
             pass
+        for key in ("workers", "cache_dir"):  # where and how fast the images are read: no result depends on them
+            if isinstance(saved.get("data"), dict):
+                saved["data"][key] = current["data"][key]
         return sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
 
     def has_progress(self) -> bool:

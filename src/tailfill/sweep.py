@@ -248,7 +248,10 @@ class SweepSpec:
     splits: list = field(default_factory=list)  # data seeds; empty: the config's own seed, no split level
 
     @classmethod
-    def load(cls, path: str | Path, out: str | None = None) -> "SweepSpec":
+    def load(cls, path: str | Path, out: str | None = None, overrides: list[str] | None = None) -> "SweepSpec":
+        """The spec at ``path``; ``out`` replaces its out, ``overrides`` (``key=value``) join its set."""
+        from .config import parse_overrides
+
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"sweep spec not found: {path}")
@@ -258,6 +261,8 @@ class SweepSpec:
             raise ValueError(f"{path}: not valid YAML: {e}") from None
         if out and isinstance(spec, dict):
             spec = {**spec, "out": out}
+        if overrides and isinstance(spec, dict):
+            spec = {**spec, "set": {**(spec.get("set") or {}), **{k: v for k, (_, v) in parse_overrides(overrides).items()}}}
         return cls.from_dict(spec, str(path))
 
     @classmethod
@@ -329,6 +334,38 @@ def _apply(values: dict, overrides: dict, where: str) -> dict:
     for key, value in overrides.items():
         set_dotted(out, str(key), value, f"{where}: {key}")
     return out
+
+
+# ---------- keeping the results
+
+ARCHIVED = (".json", ".csv", ".yaml", ".md", ".txt")     # tables, markers, configs, selections, logs
+NOT_ARCHIVED = ("store", "cache", "demo_data", "data", "shards", "checkpoint")  # data, caches, weights
+
+
+def archive(spec: SweepSpec, dest: Path, max_bytes: int = 2**20) -> list[Path]:
+    """Copy what ``compare`` and a resumed sweep read of every run (results, stage markers, configs, selection
+    tables, metrics; links followed) to ``dest``, without weights, images, caches or the store: a sweep's record
+    in a few MB, for a scratch disk that is wiped or a repository. ``tailfill compare dest`` builds the tables
+    from it; ``tailfill sweep SPEC --out dest`` skips every finished run and computes only what is missing.
+    Returns the files written."""
+    dest = Path(dest)
+    if dest.resolve() == spec.out.resolve():
+        raise ValueError(f"--archive {dest}: that is the sweep's own directory")
+    written = []
+    for folder, dirs, files in os.walk(spec.out, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if d not in NOT_ARCHIVED)
+        for name in sorted(files):
+            src = Path(folder) / name
+            if src.suffix not in ARCHIVED or src.stat().st_size > max_bytes:
+                continue
+            target = dest / src.relative_to(spec.out)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, target)
+            written.append(target)
+    write_text(dest / "sweep.yaml", yaml.safe_dump({**spec.source, "out": str(dest)}, sort_keys=False))
+    return written
 
 
 # ---------- running
