@@ -218,3 +218,22 @@ def test_set_overrides_join_the_spec_base_for_every_variant(tmp_path):
     assert spec.source["set"]["classifier.seeds"] == [5]  # and sweep.yaml records it
     with pytest.raises(ValueError, match="section.key=value"):
         SweepSpec.load(write_spec(tmp_path, {"a": {}}), overrides=["seeds"])
+
+
+def test_archive_keeps_finished_runs_only_and_no_weights(tmp_path):
+    from tailfill.sweep import archive
+
+    spec = SweepSpec.load(write_spec(tmp_path, {"done": {}, "half": {}}, controls=()))
+    done, half = spec.out / "done", spec.out / "half"
+    for run, files in ((done, ["results/results.csv", "stages/train-baseline.json", "classifier/baseline/ce/seed_0/metrics.json",
+                                "classifier/baseline/ce/seed_0/model.safetensors", "cache/images.npy"]),
+                       (half, ["stages/train-diffusion.json", "diffusion/checkpoint/unet.safetensors"])):
+        for rel in files:
+            (run / rel).parent.mkdir(parents=True, exist_ok=True)
+            (run / rel).write_text("x")
+    kept = {p.relative_to(tmp_path / "kept").as_posix() for p in archive(spec, tmp_path / "kept")}
+    assert kept == {"done/results/results.csv", "done/stages/train-baseline.json",
+                    "done/classifier/baseline/ce/seed_0/metrics.json"}
+    assert (tmp_path / "kept" / "sweep.yaml").is_file()
+    with pytest.raises(ValueError, match="own directory"):
+        archive(spec, spec.out)

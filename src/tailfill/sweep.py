@@ -347,13 +347,17 @@ def archive(spec: SweepSpec, dest: Path, max_bytes: int = 2**20) -> list[Path]:
     tables, metrics; links followed) to ``dest``, without weights, images, caches or the store: a sweep's record
     in a few MB, for a scratch disk that is wiped or a repository. ``tailfill compare dest`` builds the tables
     from it; ``tailfill sweep SPEC --out dest`` skips every finished run and computes only what is missing.
-    Returns the files written."""
+    Only finished runs (those with results) are kept; the rest run again from the start. Returns the files
+    written."""
     dest = Path(dest)
     if dest.resolve() == spec.out.resolve():
         raise ValueError(f"--archive {dest}: that is the sweep's own directory")
     written = []
+    unfinished = {Path(Run(cfg).dir).resolve() for name in spec.variants for _, _, cfg in spec.runs(name)
+                  if not Run(cfg).paths.results.is_file()}
     for folder, dirs, files in os.walk(spec.out, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if d not in NOT_ARCHIVED)
+        # a run without results is left out whole: its markers would claim outputs the archive does not hold
+        dirs[:] = sorted(d for d in dirs if d not in NOT_ARCHIVED and (Path(folder) / d).resolve() not in unfinished)
         for name in sorted(files):
             src = Path(folder) / name
             if src.suffix not in ARCHIVED or src.stat().st_size > max_bytes:
