@@ -45,7 +45,7 @@ def cell(kind: str, precision: str, steps: int) -> dict:
     mp = None if precision == "fp32" else precision
     t0 = time.time()
     if kind == "classifier":
-        from tailfill.classify import train_classifier
+        from tailfill.classifier.train import train_classifier
 
         pretrained = True
         try:
@@ -58,7 +58,7 @@ def cell(kind: str, precision: str, steps: int) -> dict:
         model = train_classifier(train.images, train.labels, val.images[:512], val.labels[:512], classes,
                                  "balanced_sampling", cfg, seed=0, device="cpu")
         return {"seconds": time.time() - t0, "steps": steps, "val_bacc": model.history[-1]["val_balanced_accuracy"]}
-    from tailfill.diffusion import train_diffusion
+    from tailfill.generator.train import train_diffusion
 
     out = Path(tempfile.mkdtemp())
     cfg = DiffusionConfig(train_steps=steps, batch_size=32, checkpoint_every=10**6, log_every=max(1, steps // 2),

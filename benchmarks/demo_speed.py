@@ -61,7 +61,7 @@ def main():
             print(row, flush=True)
     table = pd.DataFrame(rows)
     medians = table.groupby("tailfill", sort=False)["wall s"].median()
-    from tailfill.report import to_markdown
+    from tailfill.evaluation.tables import to_markdown
 
     text = (f"Produced by `python benchmarks/demo_speed.py {' '.join(sys.argv[1:])}` on {time.strftime('%Y-%m-%d')} "
             f"({os.cpu_count()} cores): `tailfill run` (the built-in demo, every stage), runs alternated.\n\n"

@@ -94,7 +94,7 @@ def main():
     table = pd.DataFrame(rows)
     base = table["peak RSS GB"].iloc[0]
     table["peak RSS / this tree"] = (table["peak RSS GB"] / base).round(2)
-    from tailfill.report import to_markdown
+    from tailfill.evaluation.tables import to_markdown
 
     text = (f"Produced by `python benchmarks/memory.py {' '.join(sys.argv[1:])}` on {time.strftime('%Y-%m-%d')}: "
             f"`tailfill run --stages prepare,train-baseline` on {args.images} generated images at {args.size} px, "

@@ -14,9 +14,9 @@ import argparse
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from tailfill.classify import Classifier
+from tailfill.classifier.model import Classifier
 from tailfill.config import load_config
-from tailfill.diffusion import build_unet
+from tailfill.generator.pipeline import build_unet
 
 
 def forward_flops(model, *inputs, **kw) -> float:

@@ -37,7 +37,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from tailfill.report import to_markdown
+from tailfill.evaluation.tables import to_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ["diffusion_train", "generate_ddim", "generate_dpmsolver++", "classifier_train", "classifier_infer"]
@@ -71,7 +71,7 @@ def sync(device: str) -> None:
 
 def diffusion_tailfill(size, device, steps, warmup, variant):
     from tailfill.config import DiffusionConfig
-    from tailfill.diffusion import train_diffusion
+    from tailfill.generator.train import train_diffusion
 
     images, masks, labels = fake_data(size, 512)
     cfg = DiffusionConfig(train_steps=warmup + steps, log_every=warmup, checkpoint_every=10 ** 9)
@@ -93,7 +93,7 @@ def diffusion_plain(size, device, steps, warmup, variant):
     from diffusers import DDPMScheduler
 
     from tailfill.config import DiffusionConfig
-    from tailfill.diffusion import build_unet
+    from tailfill.generator.pipeline import build_unet
 
     cfg = DiffusionConfig()
     images, masks, labels = fake_data(size, 512)
@@ -128,7 +128,7 @@ def _pipeline(size, device, sampler):
     from diffusers import DDPMScheduler
 
     from tailfill.config import DiffusionConfig
-    from tailfill.diffusion import InpaintPipeline, build_unet, make_scheduler
+    from tailfill.generator.pipeline import InpaintPipeline, build_unet, make_scheduler
 
     cfg = DiffusionConfig()
     torch.manual_seed(0)
@@ -139,7 +139,7 @@ def _pipeline(size, device, sampler):
 
 def generate_tailfill(size, device, sampler, n, variant):
     from tailfill.config import GenerateConfig
-    from tailfill.generate import synthesize
+    from tailfill.generator.generate import synthesize
 
     cfg = GenerateConfig(sampler=sampler, steps=20, guidance_scale=3.0, batch_size=GEN_BATCH)
     pipe = _pipeline(size, device, sampler)
@@ -188,7 +188,7 @@ def generate_plain(size, device, sampler, n, variant):
 
 
 def classifier_train_tailfill(size, device, images_per_epoch, variant):
-    from tailfill.classify import train_classifier
+    from tailfill.classifier.train import train_classifier
     from tailfill.config import ClassifierConfig
 
     images, _, labels = fake_data(size, images_per_epoch)
@@ -202,7 +202,7 @@ def classifier_train_tailfill(size, device, images_per_epoch, variant):
 
 
 def classifier_train_plain(size, device, images_per_epoch, variant):
-    from tailfill.classify import Classifier
+    from tailfill.classifier.model import Classifier
 
     images, _, labels = fake_data(size, images_per_epoch)
     model = prepared(Classifier("resnet18", NUM_CLASSES).to(device), variant, train=True)
@@ -222,7 +222,7 @@ def classifier_train_plain(size, device, images_per_epoch, variant):
 
 
 def classifier_infer_tailfill(size, device, n, variant):
-    from tailfill.classify import Classifier, TrainedClassifier
+    from tailfill.classifier.model import Classifier, TrainedClassifier
 
     images, _, _ = fake_data(size, n)
     model = TrainedClassifier(Classifier("resnet18", NUM_CLASSES).to(device).eval(),
@@ -236,7 +236,7 @@ def classifier_infer_tailfill(size, device, n, variant):
 
 
 def classifier_infer_plain(size, device, n, variant):
-    from tailfill.classify import Classifier
+    from tailfill.classifier.model import Classifier
 
     images, _, _ = fake_data(size, n)
     model = prepared(Classifier("resnet18", NUM_CLASSES).to(device).eval(), variant, train=False)

@@ -183,7 +183,7 @@ def test_too_many_folds_names_the_key_and_the_class(tmp_path, capsys):
 # 6. small ones -------------------------------------------------------------------------------------------
 
 def test_nan_loss_before_any_checkpoint_says_none_was_written(tmp_path):
-    from tailfill.training import TrainingDivergedError, check_finite, kept_checkpoint
+    from tailfill.utils.training import TrainingDivergedError, check_finite, kept_checkpoint
     import torch
 
     with pytest.raises(TrainingDivergedError, match="no checkpoint had been written yet"):

@@ -3,10 +3,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tailfill.classify import METHODS, LongTailLoss, TrainedClassifier, train_classifier
-from tailfill.mixing import draw_probabilities
+from tailfill.classifier.losses import METHODS, LongTailLoss
+from tailfill.classifier.model import TrainedClassifier
+from tailfill.classifier.train import train_classifier
+from tailfill.classifier.mixing import draw_probabilities
 from tailfill.config import ClassifierConfig
-from tailfill.evaluate import balanced_accuracy
+from tailfill.evaluation.metrics import balanced_accuracy
 
 
 def test_logit_adjusted_loss_is_ce_on_prior_shifted_logits():
@@ -124,7 +126,7 @@ def test_input_size_too_small_is_refused_by_the_config_check():
 
 
 def test_dihedral_views_are_the_eight_flips_and_quarter_turns():
-    from tailfill.classify import dihedral
+    from tailfill.classifier.model import dihedral
 
     x = torch.arange(9.0).view(1, 1, 3, 3)  # no symmetry: every view is a different array
     views = [dihedral(x, v) for v in range(8)]
@@ -133,8 +135,8 @@ def test_dihedral_views_are_the_eight_flips_and_quarter_turns():
 
 
 def test_tta_averages_the_eight_views_and_travels_with_the_weights(tmp_path, rng):
-    from tailfill.classify import fit_and_score
-    from tailfill.mixing import TrainingSet
+    from tailfill.classifier.train import fit_and_score
+    from tailfill.classifier.mixing import TrainingSet
 
     x, y = _blobs(rng, 60, size=16)
     x[:, :8] = 0  # the top half dark: a lesion's orientation changes what the network sees
@@ -157,7 +159,7 @@ def test_tta_averages_the_eight_views_and_travels_with_the_weights(tmp_path, rng
 
 
 def test_weight_average_is_the_exponential_moving_average_of_the_weights():
-    from tailfill.classify import WeightAverage
+    from tailfill.classifier.model import WeightAverage
 
     model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
     with torch.no_grad():
@@ -209,11 +211,11 @@ def test_weight_average_and_keep_are_checked():
 @pytest.mark.parametrize("method", ["ce", "balanced_sampling"])
 def test_steps_per_epoch_is_a_fixed_budget_drawn_by_the_methods_sampler(rng, monkeypatch, method):
     """A fixed number of batches an epoch however many head images there are, drawn as the method draws."""
-    import tailfill.classify as classify
+    import tailfill.classifier.train as classifier_train
 
     seen = []
-    real_augment = classify.augment
-    monkeypatch.setattr(classify, "augment", lambda x, gen: (seen.append(len(x)), real_augment(x, gen))[1])
+    real_augment = classifier_train.augment
+    monkeypatch.setattr(classifier_train, "augment", lambda x, gen: (seen.append(len(x)), real_augment(x, gen))[1])
     y = np.repeat([0, 1, 2], [200, 20, 4])
     x = _blobs(rng, len(y))[0]
     vx, vy = _blobs(rng, 12)
@@ -227,7 +229,7 @@ def test_steps_per_epoch_is_a_fixed_budget_drawn_by_the_methods_sampler(rng, mon
 
 
 def test_epoch_permutation_covers_every_image_per_pass(rng):
-    from tailfill.classify import epoch_permutation
+    from tailfill.classifier.train import epoch_permutation
 
     order = epoch_permutation(rng, 10, 25)
     assert len(order) == 25 and sorted(order[:10]) == list(range(10)) and sorted(order[10:20]) == list(range(10))

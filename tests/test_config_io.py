@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tailfill.config import Config, load_config
-from tailfill.io import atomic_path, load_state, safe_join, save_state, write_text
+from tailfill.utils.io import atomic_path, load_state, safe_join, save_state, write_text
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 

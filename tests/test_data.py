@@ -208,7 +208,7 @@ def test_non_utf8_file_names_survive_loading_and_tables(tmp_path):
     """Linux allows file names that are not UTF-8; they must load and round-trip through CSVs."""
     import os
 
-    from tailfill.io import read_table, write_csv
+    from tailfill.utils.io import read_table, write_csv
 
     for cls in ("a", "b"):
         (tmp_path / cls).mkdir()
@@ -226,7 +226,7 @@ def test_non_utf8_file_names_survive_loading_and_tables(tmp_path):
 
 
 def test_numeric_ids_stay_strings(tmp_path):
-    from tailfill.io import read_table, write_csv
+    from tailfill.utils.io import read_table, write_csv
 
     write_csv(tmp_path / "t.csv", pd.DataFrame({"image": ["007", "010"], "lesion_id": ["001", "002"]}))
     assert read_table(tmp_path / "t.csv")["image"].tolist() == ["007", "010"]

@@ -5,9 +5,10 @@ import torch
 from diffusers import DDPMScheduler
 
 from tailfill.config import DiffusionConfig
-from tailfill.diffusion import (SCHEDULERS, InpaintPipeline, TrainingDivergedError, build_unet, diffusion_loss,
-                                make_scheduler, null_label, train_diffusion)
-from tailfill.io import load_tensors
+from tailfill.generator.pipeline import SCHEDULERS, InpaintPipeline, build_unet, make_scheduler, null_label
+from tailfill.utils.training import TrainingDivergedError
+from tailfill.generator.train import diffusion_loss, train_diffusion
+from tailfill.utils.io import load_tensors
 
 
 def tiny_cfg(**kw):

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score
 
-from tailfill.evaluate import (bootstrap_ci, bootstrap_difference, classification_metrics, mean_ci, seed_ensemble,
-                               submission_frame)
+from tailfill.evaluation.metrics import (bootstrap_ci, bootstrap_difference, classification_metrics, mean_ci,
+                                         seed_ensemble, submission_frame)
 
 
 def test_metrics_match_sklearn(rng):
@@ -50,7 +50,7 @@ def test_bootstrap_interval_over_images_and_seeds_stays_in_range(rng):
 def test_summary_intervals_are_bootstrap_and_clipped():
     import pandas as pd
 
-    from tailfill.evaluate import INTERVAL, summarise
+    from tailfill.evaluation.metrics import INTERVAL, summarise
 
     y = np.array([0, 0, 1, 1])
     results = pd.DataFrame({"model": ["m", "m"], "balanced_accuracy": [0.9, 1.0], "macro_f1": [0.9, 1.0],
@@ -72,8 +72,8 @@ def test_seed_ensemble_is_the_mean_probability_and_can_fix_what_each_seed_gets_w
     # the evaluate stage's summary scores the seeds as one model too (balanced accuracy 0.75 each, 1.0 together)
     import pandas as pd
 
-    from tailfill.evaluate import summarise
-    from tailfill.report import summary_table
+    from tailfill.evaluation.metrics import summarise
+    from tailfill.evaluation.tables import summary_table
 
     results = pd.DataFrame({"model": ["m", "m"], "balanced_accuracy": [0.75, 0.75], "macro_f1": [0.7, 0.7],
                             "recall_a": [0.5, 0.5], "recall_b": [1.0, 1.0]})

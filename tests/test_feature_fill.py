@@ -2,11 +2,11 @@
 import numpy as np
 import pytest
 
-from tailfill.classify import train_classifier
+from tailfill.classifier.train import train_classifier
 from tailfill.config import ClassifierConfig, config_from_dict
-from tailfill.feature_fill import (FEATURE_GENERATORS, FeatureDiffusion, GaussianFeatures, feature_generator,
-                                   fill_features)
-from tailfill.training import TrainingDivergedError
+from tailfill.classifier.feature_fill import FeatureDiffusion, GaussianFeatures, feature_generator, fill_features
+from tailfill.classifier.methods import FEATURE_GENERATORS
+from tailfill.utils.training import TrainingDivergedError
 
 from test_classify import _blobs
 
@@ -90,8 +90,8 @@ def test_head_init_keep_fine_tunes_the_trained_head_where_crt_starts_afresh(rng)
     import copy
     import dataclasses
 
-    from tailfill.classify import retrain_head
-    from tailfill.evaluate import balanced_accuracy
+    from tailfill.classifier.crt import retrain_head
+    from tailfill.evaluation.metrics import balanced_accuracy
 
     x, y = _blobs(rng, 120)
     vx, vy = _blobs(rng, 60)

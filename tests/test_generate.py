@@ -5,8 +5,8 @@ import torch
 from diffusers import DDPMScheduler
 
 from tailfill.config import GenerateConfig
-from tailfill.diffusion import InpaintPipeline, build_unet, make_scheduler
-from tailfill.generate import choose_classes, fill_targets, make_plan, plan_masks, synthesize
+from tailfill.generator.pipeline import InpaintPipeline, build_unet, make_scheduler
+from tailfill.generator.generate import choose_classes, fill_targets, make_plan, plan_masks, synthesize
 
 CLASSES = ["A", "B", "C", "D"]
 

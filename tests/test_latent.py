@@ -6,11 +6,12 @@ import pytest
 import torch
 import yaml
 
-from tailfill.autoencoder import (build_autoencoder, decode, downscale, encode, latent_mask, load_vae, psnr,
-                                  reconstruction_psnr, train_autoencoder)
-from tailfill.config import AutoencoderConfig, DiffusionConfig, GenerateConfig
-from tailfill.diffusion import InpaintPipeline, train_diffusion
-from tailfill.io import load_tensors
+from tailfill.generator.autoencoder import (build_autoencoder, decode, downscale, encode, latent_mask, load_vae,
+                                            psnr, reconstruction_psnr, train_autoencoder)
+from tailfill.config import AutoencoderConfig, DiffusionConfig
+from tailfill.generator.pipeline import InpaintPipeline
+from tailfill.generator.train import train_diffusion
+from tailfill.utils.io import load_tensors
 
 from conftest import tiny_overrides
 
@@ -184,7 +185,7 @@ def test_autoencoder_crop_size_is_checked():
 def test_latent_samplers_clip_the_x0_estimate(sampler):
     from diffusers import DDPMScheduler
 
-    from tailfill.diffusion import make_scheduler
+    from tailfill.generator.pipeline import make_scheduler
 
     train = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2").config
     x, eps = torch.randn(2, 4, 8, 8), torch.full((2, 4, 8, 8), 3.0)

@@ -4,7 +4,7 @@ from PIL import Image
 
 from tailfill.data.demo import draw_lesion_image
 from tailfill.data.lesion_masks import MaskFolder
-from tailfill.masks import fallback_mask, random_shape_mask, segment_lesion
+from tailfill.data.masks import fallback_mask, random_shape_mask, segment_lesion
 from tailfill.data import ImageError
 
 

@@ -4,9 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from tailfill.classify import LongTailLoss, TrainedClassifier, retrain_head, retrain_head_on_real, train_classifier
+from tailfill.classifier.losses import LongTailLoss
+from tailfill.classifier.model import TrainedClassifier
+from tailfill.classifier.crt import retrain_head, retrain_head_on_real
+from tailfill.classifier.train import train_classifier
 from tailfill.config import ClassifierConfig
-from tailfill.mixing import TrainingSet, cap_per_class, draw_probabilities, with_repeated_real, with_synthetic
+from tailfill.classifier.mixing import (cap_per_class, draw_probabilities, with_repeated_real,
+                                        with_synthetic)
 
 from test_classify import _blobs
 
@@ -136,7 +140,7 @@ def test_crt_never_ends_worse_on_validation_than_the_head_it_replaces(rng):
 def test_soft_labels_of_translated_images():
     import pandas as pd
 
-    from tailfill.mixing import synthetic_labels, translation_weight
+    from tailfill.classifier.mixing import synthetic_labels, translation_weight
 
     np.testing.assert_allclose(translation_weight([1.0, 0.49, 0.0], 0.5), [1.0, 0.7, 0.0])
     used = pd.DataFrame({"label": [2, 2], "source_class": ["a", "c"], "strength": [0.49, 1.0]})

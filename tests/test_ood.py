@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tailfill.ood import (KNNScorer, MahalanobisScorer, OODSelector, build_scorer, choose_for_deficits, realism_auroc,
-                         select_synthetic)
+from tailfill.selection.scorers import KNNScorer, MahalanobisScorer, build_scorer, realism_auroc
+from tailfill.selection.selector import OODSelector, choose_for_deficits, select_synthetic
 from tailfill.config import SelectConfig
 
 

@@ -195,7 +195,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     assert p.returncode == 0, out
     assert "resuming from step" in out
 
-    from tailfill.io import load_tensors
+    from tailfill.utils.io import load_tensors
 
     for sub in ("unet", "unet_ema"):
         a = load_tensors(tmp_path / "a" / "diffusion/checkpoint" / sub / "diffusion_pytorch_model.safetensors")
@@ -212,8 +212,8 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
 
 def test_generation_shards_split_across_processes(finished_run, tmp_path):
     """Under `accelerate launch` process r makes shards r, r+world, ...; together they make the same set."""
-    from tailfill.generate import generate
-    from tailfill.io import read_table
+    from tailfill.generator.generate import generate
+    from tailfill.utils.io import read_table
     from tailfill.run import Run
 
     run = Run.open(finished_run[0])
@@ -250,7 +250,7 @@ def test_augmented_training_caps_synthetic_images_per_class(finished_run, tmp_pa
     """classifier.synthetic_max_ratio (this broke with pandas 3, whose groupby.apply drops the key column)."""
     import shutil
 
-    from tailfill.io import write_text
+    from tailfill.utils.io import write_text
     from tailfill.run import Run
     from tailfill.stages import train_augmented
 
@@ -271,7 +271,7 @@ def test_augmented_training_caps_synthetic_images_per_class(finished_run, tmp_pa
 
 
 def test_written_files_follow_the_umask(tmp_path):
-    from tailfill.io import atomic_dir, write_text
+    from tailfill.utils.io import atomic_dir, write_text
 
     old = os.umask(0o022)
     try:
@@ -287,7 +287,7 @@ def test_written_files_follow_the_umask(tmp_path):
 def test_progress_becomes_log_lines_without_a_terminal(caplog):
     import logging
 
-    from tailfill.progress import progress
+    from tailfill.utils.progress import progress
 
     with caplog.at_level(logging.INFO, logger="tailfill.progress"):
         with progress(total=50, desc="diffusion", unit="step") as bar:  # pytest's stderr is not a terminal

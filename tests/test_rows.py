@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tailfill.classify import train_classifier
+from tailfill.classifier.train import train_classifier
 from tailfill.config import ClassifierConfig
 from tailfill.data import build_cache
 from tailfill.data.rows import ConcatRows, NpyRows, concat_rows, save_rows, take_rows
-from tailfill.mixing import TrainingSet
+from tailfill.classifier.mixing import TrainingSet
 
 
 @pytest.fixture

@@ -84,8 +84,8 @@ def test_publish_links_back_and_a_second_job_of_the_same_key_keeps_its_own(tmp_p
 
 @pytest.mark.slow
 def test_tiny_sweep_shares_every_identical_stage_and_compare_builds_the_table(tmp_path, monkeypatch, capsys):
-    import tailfill.classify as classify
-    import tailfill.diffusion as diffusion
+    import tailfill.classifier.train as classify
+    import tailfill.generator.train as diffusion
     from tailfill import stages
 
     calls = {"fit": 0, "diffusion": 0, "prepare": 0}

@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 
-from tailfill import training
+from tailfill.utils import training
 
 
 @pytest.fixture

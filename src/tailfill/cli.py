@@ -62,8 +62,8 @@ def external_kinds() -> list[str]:
 def final_table(run) -> str:
     """The closing text of ``tailfill run``: results per model and per-class gains."""
 
-    from .io import read_json, read_table
-    from .report import gains_table, summary_table
+    from .utils.io import read_json, read_table
+    from .evaluation.tables import gains_table, summary_table
 
     summary = read_json(run.paths.summary)
     classes = run.data.classes
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # one clear line for the user; --debug for the traceback
         from .run import RunDirError
         from .data import DataError, ImageError
-        from .training import TrainingDivergedError
+        from .utils.training import TrainingDivergedError
 
         if args.debug or not isinstance(e, (RunDirError, DataError, ImageError, TrainingDivergedError, ValueError,
                                             OSError, RuntimeError)):
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args) -> int:
     from .run import Run, RunLayout
     from .stages import STAGES, run_all, run_stage
-    from .training import configure_threads, process_info, resolve_device
+    from .utils.training import configure_threads, process_info, resolve_device
 
     if args.command == "demo-data":
         from .data import make_demo_dataset
@@ -230,8 +230,8 @@ def _dispatch(args) -> int:
             run_folds(run, stages)
             summary = run.paths.root / "results" / "cv_summary.json"
             if process_info().is_main and summary.is_file():
-                from .io import read_json
-                from .report import summary_table
+                from .utils.io import read_json
+                from .evaluation.tables import summary_table
 
                 print(summary_table(read_json(summary), [k[7:] for k in read_json(summary)[next(iter(
                     read_json(summary)))] if k.startswith("recall_")]).to_string(index=False))
@@ -315,7 +315,7 @@ def _predict(args) -> int:
     from .data.sources import ISIC2019_GT
     from .predict import images_from_csv, images_in, predict_files
     from .run import Run
-    from .training import resolve_device
+    from .utils.training import resolve_device
 
     run = Run.open(args.run_dir)
     if args.device:

@@ -14,13 +14,12 @@ seed, bacc, R_<class>, ...``).
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .io import read_json, read_table, write_csv, write_text
 from .run import Run
+from .utils.io import read_json, read_table, write_csv, write_text
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +150,7 @@ def pool_table(spec) -> pd.DataFrame:
 
 def compare(spec) -> str:
     """Write ``compare.md`` and ``results.csv`` in the sweep's directory; returns the Markdown."""
-    from .report import to_markdown
+    from .evaluation.tables import to_markdown
 
     frame = sweep_rows(spec)
     if not len(frame):

@@ -375,13 +375,14 @@ def check_ranges(cfg: "Config") -> None:
 
 
 def validate(cfg: Config) -> None:
-    """Cross-field checks; allowed names come from the registries (dataset kinds, schedulers, scorers, methods)."""
-    from .classify import METHODS
+    """Cross-field checks; allowed names come from the registries (dataset kinds, samplers, scorers, feature
+    extractors, methods, feature generators), read without importing torch."""
+    from .classifier.methods import FEATURE_GENERATORS, METHODS
     from .data.images import RESIZE_MODES
     from .data.prepare import DATASETS
     from .data.sources import HAM_LABELS
-    from .diffusion import SCHEDULERS
-    from .ood import SCORERS
+    from .generator.schedulers import SCHEDULERS
+    from .selection.scorers import FEATURE_EXTRACTORS, SCORERS
 
     def check(cond: bool, msg: str):
         if not cond:
@@ -413,9 +414,9 @@ def validate(cfg: Config) -> None:
     one_of(s.method, list(SCORERS) + ["none"], "select.method")
     check(s.min_real_quantile is None or 0 <= s.min_real_quantile < s.real_quantile,
           "select.min_real_quantile in [0, select.real_quantile) or null")
-    one_of(s.features, ["classifier", "lite0"], "select.features")
+    one_of(s.features, FEATURE_EXTRACTORS, "select.features")
     if s.judge is not None:
-        one_of(s.judge, ["classifier", "lite0"], "select.judge")
+        one_of(s.judge, FEATURE_EXTRACTORS, "select.judge")
     nd = s.near_duplicate_similarity
     check(nd == "auto" or (isinstance(nd, (int, float)) and -1 <= nd <= 1),
           "select.near_duplicate_similarity is auto or a cosine similarity in [-1, 1]")
@@ -425,7 +426,7 @@ def validate(cfg: Config) -> None:
     for m in c.methods + ([] if c.augmented_method == "best" else [c.augmented_method]):
         check(m in METHODS, f"unknown classifier method {m!r}; choose from {', '.join(METHODS)}")
     if c.feature_fill is not None:
-        one_of(c.feature_fill, ["gaussian", "diffusion"], "classifier.feature_fill")
+        one_of(c.feature_fill, FEATURE_GENERATORS, "classifier.feature_fill")
         check(c.retrain_head, "classifier.feature_fill acts in the head re-training: set classifier.retrain_head: true")
     one_of(c.head_init, ["reset", "keep"], "classifier.head_init")
     if c.keep is not None:
@@ -443,6 +444,6 @@ def validate(cfg: Config) -> None:
         crop = cfg.autoencoder.crop_size
         check(crop is None or (crop > 0 and crop % factor == 0),
               f"autoencoder.crop_size must be positive and divisible by the autoencoder's {factor}x")
-    from .training import check_tracker
+    from .utils.trackers import check_tracker
 
     check_tracker(cfg.report_to)

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .config import Config
-from .io import read_table, write_csv, write_json, write_text
+from .utils.io import read_table, write_csv, write_json, write_text
 from .run import Run
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,8 @@ def fold_interval(values: list[np.ndarray], n_boot: int = 2000, seed: int = 0, c
 
 
 def summarise_folds(run: Run) -> dict:
-    from .report import markdown_to_html, summary_table, to_markdown
+    from .evaluation.report import markdown_to_html
+    from .evaluation.tables import summary_table, to_markdown
 
     frames = []
     for fold in range(run.cfg.data.folds):

@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .classify import TrainedClassifier
+from .classifier.model import TrainedClassifier
 from .data import DataError, build_cache, load_dataset
 from .data.rows import take_rows
 from .data.sources import IMAGE_SUFFIXES, LabeledImages
-from .evaluate import classification_metrics, seed_ensemble, submission_frame
-from .io import read_table, write_csv, write_json
+from .evaluation.metrics import classification_metrics, seed_ensemble, submission_frame
+from .utils.io import read_table, write_csv, write_json
 from .run import Run, RunDirError
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ def images_in(folder: str | Path) -> pd.DataFrame:
 
 def images_from_csv(csv: str | Path, root: str | Path | None = None) -> pd.DataFrame:
     """The ``image`` column of a CSV (paths relative to ``root``, default the CSV's folder)."""
-    from .io import safe_join
+    from .utils.io import safe_join
 
     csv = Path(csv)
     table = read_table(csv)
@@ -132,8 +132,8 @@ def evaluate_external(run: Run, name: str, kind: str, root: str | None = None, c
                       models: list[str] | None = None) -> Path:
     """Score the run's classifiers (every seed of each of ``models``, default augmented and the best baseline)
     on an external labelled set; writes ``results/external/<name>/`` and returns that folder."""
-    from .evaluate import results_table, summarise
-    from .report import plot_confusions
+    from .evaluation.metrics import results_table, summarise
+    from .evaluation.plots import plot_confusions
 
     dataset = external_dataset(run, kind, root, csv)
     frame = dataset.frame.assign(path=[str(p) for p in dataset.paths()])

@@ -28,8 +28,8 @@ import numpy as np
 from .config import Config, config_from_dict
 from .data.prepare import PreparedData
 from .data.rows import NpyRows, save_rows
-from .io import read_json, read_table, write_csv, write_json, write_text
-from .training import Tracking, process_info, resolve_device
+from .utils.io import read_json, read_table, write_csv, write_json, write_text
+from .utils.training import Tracking, process_info, resolve_device
 
 log = logging.getLogger(__name__)
 

@@ -3,8 +3,9 @@ in the run directory and writes its own outputs atomically, then its marker. ``r
 order and, on resume, skips the finished ones; inside a stage, training checkpoints and generation
 shards resume too.
 
-To add a stage: write ``def my_stage(run: Run) -> None`` ending in ``run.mark(...)``, add it to
-``STAGES`` (order matters) and, if only the main process may run it, to ``MAIN_ONLY``.
+To add a stage: write ``def my_stage(run: Run) -> None`` ending in ``run.mark(...)``, registered with
+``@STAGES.register("my-stage")`` where it falls in the pipeline (order matters) and, if only the main
+process may run it, added to ``MAIN_ONLY``.
 """
 from __future__ import annotations
 
@@ -15,13 +16,19 @@ import time
 import numpy as np
 import pandas as pd
 
-from .io import read_json, read_table, write_csv, write_json
+from .registry import Registry
 from .run import Run, RunDirError
-from .training import process_info
+from .utils.io import read_json, read_table, write_csv, write_json
+from .utils.training import process_info
 
 log = logging.getLogger(__name__)
 
 
+# the stages, registered in pipeline order (the order `tailfill run` runs them)
+STAGES = Registry("stage")
+
+
+@STAGES.register("prepare")
 def prepare(run: Run) -> None:
     from .data import prepare_dataset
 
@@ -39,8 +46,8 @@ def _val_test(run: Run):
 
 def _train_and_save(run: Run, kind: str, method: str, seed: int, train, extra: dict) -> None:
     """Train one classifier on ``train`` (a TrainingSet) and write model, predictions and metrics."""
-    from .classify import fit_and_score
-    from .evaluate import metrics_record, submission_frame
+    from .classifier.train import fit_and_score
+    from .evaluation.metrics import metrics_record, submission_frame
 
     out = run.paths.classifier(kind, method, seed)
     if (out / "metrics.json").is_file():
@@ -60,8 +67,9 @@ def _train_and_save(run: Run, kind: str, method: str, seed: int, train, extra: d
              fit.val["balanced_accuracy"], fit.test["balanced_accuracy"], fit.seconds)
 
 
+@STAGES.register("train-baseline")
 def train_baseline(run: Run) -> None:
-    from .mixing import TrainingSet
+    from .classifier.mixing import TrainingSet
 
     t0 = time.time()
     train = run.data.split("train")
@@ -72,12 +80,14 @@ def train_baseline(run: Run) -> None:
     run.mark("train-baseline", t0)
 
 
+@STAGES.register("train-autoencoder")
 def train_autoencoder(run: Run) -> None:
     """Latent diffusion only: train the autoencoder on the training split (or take diffusion.vae), then
     measure its reconstruction PSNR on the validation split and keep a few reconstructions."""
-    from .autoencoder import decode, encode, load_vae, reconstruction_psnr, train_autoencoder as train
-    from .report import image_grid
-    from .training import to_model_range, to_uint8
+    from .evaluation.plots import image_grid
+    from .generator.autoencoder import decode, encode, load_vae, reconstruction_psnr
+    from .generator.autoencoder import train_autoencoder as train
+    from .utils.training import to_model_range, to_uint8
 
     t0 = time.time()
     if run.cfg.diffusion.space != "latent":
@@ -103,15 +113,16 @@ def train_autoencoder(run: Run) -> None:
 
 
 def _autoencoder(run: Run):
-    from .autoencoder import load_vae
+    from .generator.autoencoder import load_vae
 
     if run.cfg.diffusion.space != "latent":
         return None
     return load_vae(run.cfg.diffusion.vae or run.cfg.diffusion.pretrained or run.paths.autoencoder / "vae", run.device)
 
 
+@STAGES.register("train-diffusion")
 def train_diffusion(run: Run) -> None:
-    from .diffusion import train_diffusion as train
+    from .generator.train import train_diffusion as train
 
     t0 = time.time()
     tr = run.data.split("train")
@@ -121,13 +132,15 @@ def train_diffusion(run: Run) -> None:
 
 
 def deficits(run: Run) -> dict[int, int]:
-    from .generate import class_deficits
+    from .generator.generate import class_deficits
 
     return class_deficits(run.data.split("train").labels, run.data.classes, run.cfg.generate)
 
 
+@STAGES.register("generate")
 def generate(run: Run) -> None:
-    from .generate import collect_shards, generate as make, make_plan
+    from .generator.generate import collect_shards, make_plan
+    from .generator.generate import generate as make
 
     t0 = time.time()
     proc = process_info()
@@ -150,8 +163,8 @@ def generate(run: Run) -> None:
 
 def log_samples(run: Run, manifest: pd.DataFrame, per_class: int = 16) -> None:
     """A few synthetic images of each class to the tracker (``--report-to``), if any."""
-    from .generate import load_synthetic
-    from .training import log_images
+    from .generator.generate import load_synthetic
+    from .utils.training import log_images
 
     if run.cfg.report_to and len(manifest):
         log_images(run.tracking, "synthetic_samples",
@@ -161,7 +174,7 @@ def log_samples(run: Run, manifest: pd.DataFrame, per_class: int = 16) -> None:
 
 def baseline_results(run: Run) -> pd.DataFrame:
     """The results table of the baselines trained so far, in config order."""
-    from .evaluate import results_table
+    from .evaluation.metrics import results_table
 
     records = [read_json(p) for method in run.cfg.classifier.methods
                for p in sorted((run.paths.classifiers / "baseline" / method).glob("seed_*/metrics.json"))]
@@ -170,7 +183,7 @@ def baseline_results(run: Run) -> pd.DataFrame:
 
 def best_baseline(run: Run) -> str:
     """The baseline method with the best mean *validation* balanced accuracy (never test)."""
-    from .evaluate import best_method
+    from .evaluation.metrics import best_method
 
     results = baseline_results(run)
     if not len(results):
@@ -180,7 +193,7 @@ def best_baseline(run: Run) -> str:
 
 def feature_model(run: Run):
     """The classifier whose features the OOD selector scores: select.feature_method, or the best baseline."""
-    from .classify import TrainedClassifier
+    from .classifier.model import TrainedClassifier
 
     method = run.cfg.select.feature_method or best_baseline(run)
     path = run.paths.classifier("baseline", method, run.cfg.classifier.seeds[0])
@@ -213,9 +226,10 @@ def class_fidelity(model, synthetic, labels, val, classes: list) -> tuple[list, 
     return [classes[i] for i in pred], fidelity
 
 
+@STAGES.register("select")
 def select(run: Run) -> None:
-    from .generate import load_synthetic
-    from .ood import select_synthetic
+    from .generator.generate import load_synthetic
+    from .selection.selector import select_synthetic
 
     t0 = time.time()
     manifest = read_table(run.paths.manifest)
@@ -240,9 +254,10 @@ def select(run: Run) -> None:
              realism_auroc=calibration.get("realism_auroc", {}))
 
 
+@STAGES.register("train-augmented")
 def train_augmented(run: Run) -> None:
-    from .generate import load_synthetic
-    from .mixing import synthetic_labels, with_repeated_real, with_synthetic
+    from .classifier.mixing import synthetic_labels, with_repeated_real, with_synthetic
+    from .generator.generate import load_synthetic
 
     t0 = time.time()
     cfg = run.cfg.classifier
@@ -263,8 +278,9 @@ def train_augmented(run: Run) -> None:
     run.mark("train-augmented", t0, method=method, **added)
 
 
+@STAGES.register("evaluate")
 def evaluate(run: Run) -> None:
-    from .evaluate import results_table, summarise, truth_frame
+    from .evaluation.metrics import results_table, summarise, truth_frame
 
     t0 = time.time()
     records = [read_json(p) for p in sorted(run.paths.classifiers.glob("*/*/seed_*/metrics.json"))]
@@ -285,19 +301,15 @@ def evaluate(run: Run) -> None:
     run.mark("evaluate", t0)
 
 
+@STAGES.register("report")
 def report(run: Run) -> None:
-    from .report import write_report
+    from .evaluation.report import write_report
 
     t0 = time.time()
     path = write_report(run)
     run.mark("report", t0, report=str(path))
 
 
-# the stage registry, in pipeline order
-STAGES = {"prepare": prepare, "train-baseline": train_baseline, "train-autoencoder": train_autoencoder,
-          "train-diffusion": train_diffusion,
-          "generate": generate, "select": select, "train-augmented": train_augmented, "evaluate": evaluate,
-          "report": report}
 # stages that only the main process runs under `accelerate launch`; the others share the work
 MAIN_ONLY = {"prepare", "select", "evaluate", "report"}
 # what the real-oversampling control (classifier.fill_with: real) skips: it needs no generator
@@ -317,11 +329,11 @@ def run_stage(run: Run, stage: str, force: bool = False) -> None:
         return
     if stage in MAIN_ONLY:
         if proc.is_main:
-            STAGES[stage](run)
+            STAGES.get(stage)(run)
         proc.barrier()
         run.forget_data()  # re-read what the main process wrote
     else:
-        STAGES[stage](run)
+        STAGES.get(stage)(run)
         proc.barrier()
 
 

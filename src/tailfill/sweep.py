@@ -33,7 +33,7 @@ from pathlib import Path
 import yaml
 
 from .config import Config, config_from_dict, set_dotted
-from .io import read_json, write_json, write_text
+from .utils.io import read_json, write_json, write_text
 from .run import Run
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import atomic_path, read_json, write_json
+from ..utils.io import atomic_path, read_json, write_json
 from .images import ImageError, read_image
 from .rows import NpyRows, create_npy
 

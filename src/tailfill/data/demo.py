@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from ..io import atomic_path, write_csv
+from ..utils.io import atomic_path, write_csv
 from .splits import geometric_weights
 from .sources import ISIC2019_CLASSES, ISIC2019_GT, ISIC2019_IMAGES, ISIC2019_META
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
 
+from ..registry import Registry
 from .cache import build_cache
 from .demo import make_demo_dataset
 from .rows import NpyRows, take_rows
@@ -33,21 +33,18 @@ def _demo(d, work_dir: Path, seed: int) -> LabeledImages:
     return load_isic2019(root, d.on_bad_image)
 
 
-# data.kind -> loader(cfg.data, work_dir, seed); add a dataset kind here and data.kind accepts it
-DATASETS: dict[str, Callable[..., LabeledImages]] = {
-    "demo": _demo,
-    "isic2019": lambda d, work_dir, seed: load_isic2019(d.root, d.on_bad_image, d.csv),
-    "ham10000": lambda d, work_dir, seed: load_ham10000(d.root, d.on_bad_image, d.labels, d.csv),
-    "folder": lambda d, work_dir, seed: load_image_folder(d.root),
-    "csv": lambda d, work_dir, seed: load_csv_dataset(d.csv, d.root, on_bad_image=d.on_bad_image),
-}
+# data.kind -> loader(cfg.data, work_dir, seed) -> LabeledImages; register a dataset kind and data.kind accepts it
+DATASETS = Registry("data.kind")
+DATASETS.register("demo", _demo)
+DATASETS.register("isic2019", lambda d, work_dir, seed: load_isic2019(d.root, d.on_bad_image, d.csv))
+DATASETS.register("ham10000", lambda d, work_dir, seed: load_ham10000(d.root, d.on_bad_image, d.labels, d.csv))
+DATASETS.register("folder", lambda d, work_dir, seed: load_image_folder(d.root))
+DATASETS.register("csv", lambda d, work_dir, seed: load_csv_dataset(d.csv, d.root, on_bad_image=d.on_bad_image))
 
 
 def load_dataset(d, work_dir: str | Path, seed: int = 0) -> LabeledImages:
     """The dataset ``d`` (a DataConfig) describes."""
-    if d.kind not in DATASETS:
-        raise ValueError(f"unknown data.kind {d.kind!r}; choose from {', '.join(DATASETS)}")
-    return DATASETS[d.kind](d, Path(work_dir), seed)
+    return DATASETS.get(d.kind)(d, Path(work_dir), seed)
 
 
 @dataclass
@@ -88,7 +85,7 @@ SPLITS = ("train", "val", "test", "unused")
 
 
 def read_split_file(path: str | Path) -> pd.DataFrame:
-    from ..io import read_table
+    from ..utils.io import read_table
     from .sources import DataError
 
     path = Path(path)
@@ -166,7 +163,7 @@ def lesion_masks(d, dataset: LabeledImages, frame: pd.DataFrame, images, segment
 
 def prepare_dataset(d, work_dir: str | Path, seed: int = 0) -> PreparedData:
     """Load, cap, cache, split (grouped by lesion), thin the training split, and find the lesion masks."""
-    from ..masks import segment_batch
+    from .masks import segment_batch
 
     work_dir = Path(work_dir)
     dataset = load_dataset(d, work_dir, seed)

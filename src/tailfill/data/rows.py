@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import atomic_path
+from ..utils.io import atomic_path
 
 
 class _File:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..io import read_table, safe_join
+from ..utils.io import read_table, safe_join
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .training import check_finite
+from ..utils.training import check_finite
 
 
 class GaussianFeatures:
@@ -149,15 +149,11 @@ class FeatureDiffusion:
         return torch.maximum(torch.minimum(x * self.std_ + self.mean_, self.high_), self.low_).numpy()
 
 
-FEATURE_GENERATORS = {"gaussian": GaussianFeatures, "diffusion": FeatureDiffusion}
-
-
 def feature_generator(cfg):
     """The generator ``cfg.feature_fill`` names (``cfg`` a :class:`~tailfill.config.ClassifierConfig`), unfitted."""
-    if cfg.feature_fill not in FEATURE_GENERATORS:
-        raise ValueError(f"unknown classifier.feature_fill {cfg.feature_fill!r}; "
-                         f"choose from {', '.join(FEATURE_GENERATORS)}")
-    return FEATURE_GENERATORS[cfg.feature_fill].from_config(cfg)
+    from .methods import FEATURE_GENERATORS
+
+    return FEATURE_GENERATORS.get(cfg.feature_fill).from_config(cfg)
 
 
 def fill_features(feats: np.ndarray, labels: np.ndarray, generator, seed: int = 0):

@@ -17,14 +17,13 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
-
 from scipy import ndimage
 
-from .diffusion import InpaintPipeline
-from .io import atomic_path, read_table, write_csv
-from .masks import random_shape_mask
-from .progress import progress
-from .training import to_model_range, to_uint8
+from ..data.masks import random_shape_mask
+from ..utils.io import atomic_path, read_table, write_csv
+from ..utils.progress import progress
+from ..utils.training import to_model_range, to_uint8
+from .pipeline import InpaintPipeline
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +228,7 @@ def collect_shards(out_dir: Path, n_shards: int) -> pd.DataFrame | None:
 
 def load_synthetic(out_dir: Path, manifest: pd.DataFrame) -> np.ndarray:
     """Read the generated images listed in ``manifest`` as an (N, H, W, 3) uint8 array."""
-    from .data.images import read_image
-    from .io import safe_join
+    from ..data.images import read_image
+    from ..utils.io import safe_join
 
     return np.stack([read_image(safe_join(out_dir, f)) for f in manifest["file"]]) if len(manifest) else None

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .training import normalize_images
+from ..utils.training import normalize_images
 
 
 def _lite0_state_dict() -> dict:

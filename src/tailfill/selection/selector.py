@@ -30,72 +30,9 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn.covariance import LedoitWolf
-from sklearn.metrics import roc_auc_score
 
-MIN_CALIBRATION = 5  # fewer held-out images than this: use the pooled threshold
-
-
-def _l2n(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-class MahalanobisScorer:
-    """Squared Mahalanobis distance to the class mean under a shared, shrunk covariance.
-
-    One covariance for all classes (Lee et al. 2018): a tail class with ten images can't
-    estimate its own in hundreds of dimensions. Ledoit-Wolf shrinkage keeps it invertible.
-    """
-
-    def fit(self, feats: np.ndarray, labels: np.ndarray) -> "MahalanobisScorer":
-        self.classes_ = np.unique(labels)
-        self.means_ = {c: feats[labels == c].mean(axis=0) for c in self.classes_}
-        centred = np.concatenate([feats[labels == c] - self.means_[c] for c in self.classes_])
-        self.precision_ = LedoitWolf().fit(centred).precision_
-        return self
-
-    def score(self, feats: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        out = np.empty(len(feats))
-        for c in np.unique(labels):
-            d = feats[labels == c] - self.means_[c]
-            out[labels == c] = np.einsum("ij,jk,ik->i", d, self.precision_, d)
-        return out
-
-
-class KNNScorer:
-    """Cosine distance to the k-th nearest real training image of the class (Sun et al. 2022)."""
-
-    def __init__(self, k: int = 5):
-        self.k = k
-
-    def fit(self, feats: np.ndarray, labels: np.ndarray) -> "KNNScorer":
-        feats = _l2n(feats)
-        self.classes_ = np.unique(labels)
-        self.bank_ = {c: feats[labels == c] for c in self.classes_}
-        return self
-
-    def score(self, feats: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        feats = _l2n(feats)
-        out = np.empty(len(feats))
-        for c in np.unique(labels):
-            sims = feats[labels == c] @ self.bank_[c].T
-            k = min(self.k, sims.shape[1])
-            out[labels == c] = 1.0 - np.sort(sims, axis=1)[:, -k]
-        return out
-
-
-# name -> factory(cfg.select); add a scorer here and ``select.method`` accepts it
-SCORERS = {
-    "mahalanobis": lambda cfg: MahalanobisScorer(),
-    "knn": lambda cfg: KNNScorer(cfg.k),
-}
-
-
-def build_scorer(name: str, cfg):
-    """The scorer ``name`` of :data:`SCORERS`, configured from ``cfg`` (a SelectConfig)."""
-    if name not in SCORERS:
-        raise ValueError(f"unknown OOD scorer {name!r}; choose from {', '.join(SCORERS)}")
-    return SCORERS[name](cfg)
+from .judge import FidelityJudge
+from .scorers import FEATURE_EXTRACTORS, MIN_CALIBRATION, _l2n, build_scorer, realism_auroc
 
 
 class OODSelector:
@@ -172,57 +109,6 @@ class OODSelector:
                              "eligible": reason == "eligible", "reason": reason})
 
 
-class FidelityJudge:
-    """Does a synthetic image show its class, in the eyes of a model other than the one being trained?
-
-    ALIA-style two-sided confidence filter (Dunlap et al. 2023) on frozen features: a class-balanced
-    logistic regression ``fit`` on real training features; ``decide`` drops an image that another class
-    claims with probability >= ``reject_confidence`` (it shows the wrong lesion), and, with
-    ``max_confidence``, one its own class claims above that (so easy it adds nothing new).
-    """
-
-    def __init__(self, reject_confidence: float = 0.5, max_confidence: float | None = None, C: float = 0.5):
-        self.reject_confidence, self.max_confidence, self.C = reject_confidence, max_confidence, C
-
-    def fit(self, feats: np.ndarray, labels: np.ndarray) -> "FidelityJudge":
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import StandardScaler
-
-        self.model_ = make_pipeline(StandardScaler(), LogisticRegression(C=self.C, class_weight="balanced",
-                                                                         max_iter=2000))
-        self.model_.fit(feats, labels)
-        self.classes_ = self.model_.classes_
-        return self
-
-    def predict_proba(self, feats: np.ndarray) -> np.ndarray:
-        return self.model_.predict_proba(feats)
-
-    def decide(self, feats: np.ndarray, labels: np.ndarray) -> pd.DataFrame:
-        """``judge_proba`` (its own class's probability), ``judge_class``, ``judge_ok``, ``judge_reason``."""
-        labels = np.asarray(labels)
-        proba = self.predict_proba(feats)
-        col = {int(c): i for i, c in enumerate(self.classes_)}
-        own = np.array([proba[i, col[int(c)]] if int(c) in col else 0.0 for i, c in enumerate(labels)])
-        other = proba.copy()
-        for i, c in enumerate(labels):
-            if int(c) in col:
-                other[i, col[int(c)]] = -1.0
-        wrong = other.max(axis=1) >= self.reject_confidence
-        easy = own > self.max_confidence if self.max_confidence is not None else np.zeros(len(labels), bool)
-        return pd.DataFrame({"judge_proba": own, "judge_class": self.classes_[proba.argmax(axis=1)],
-                             "judge_ok": ~wrong & ~easy,
-                             "judge_reason": np.where(wrong, "judged_other_class", np.where(easy, "too_easy", "ok"))})
-
-
-def realism_auroc(real_scores: np.ndarray, synthetic_scores: np.ndarray) -> float:
-    """AUROC of telling synthetic from held-out real by OOD score: 0.5 = indistinguishable."""
-    if len(real_scores) == 0 or len(synthetic_scores) == 0:
-        return float("nan")
-    y = np.r_[np.zeros(len(real_scores)), np.ones(len(synthetic_scores))]
-    return float(roc_auc_score(y, np.r_[real_scores, synthetic_scores]))
-
-
 def choose_for_deficits(decisions: pd.DataFrame, labels: np.ndarray, deficits: dict[int, int],
                         fill_fraction: float = 1.0) -> np.ndarray:
     """Which synthetic images training uses: per class, the best-scoring *eligible* images, at most
@@ -234,6 +120,18 @@ def choose_for_deficits(decisions: pd.DataFrame, labels: np.ndarray, deficits: d
         idx = np.flatnonzero((labels == c) & eligible)
         used[idx[np.argsort(scores[idx], kind="stable")][:int(round(fill_fraction * deficit))]] = True
     return used
+
+
+def classifier_features(feature_model, cfg):
+    """``select.features: classifier``: the baseline classifier's own features."""
+    return feature_model
+
+
+def lite0_features(feature_model, cfg):
+    """``select.features: lite0``: frozen ImageNet EfficientNet-Lite0 features at ``cfg.judge_size`` px, cached."""
+    from ..classifier.pretrained import PretrainedFeatures
+
+    return _CachedFeatures(PretrainedFeatures("lite0", cfg.judge_size))
 
 
 def select_synthetic(feature_model, train: tuple, val: tuple, synthetic: np.ndarray, synthetic_labels: np.ndarray,
@@ -248,13 +146,14 @@ def select_synthetic(feature_model, train: tuple, val: tuple, synthetic: np.ndar
     """
     labels = np.asarray(synthetic_labels)
     (tr_x, tr_y), (va_x, va_y) = train, val
-    lite0 = None
-    if cfg.features == "lite0" or cfg.judge == "lite0":
-        from .pretrained import PretrainedFeatures
+    made, classifier_model = {}, feature_model
 
-        lite0 = _CachedFeatures(PretrainedFeatures("lite0", cfg.judge_size))
-    if cfg.features == "lite0":  # OOD scores on frozen ImageNet features, not the trained classifier's
-        feature_model = lite0
+    def extractor(name: str):  # one per name: lite0 features serve the OOD scores and the judge alike
+        if name not in made:
+            made[name] = FEATURE_EXTRACTORS.get(name)(classifier_model, cfg)
+        return made[name]
+
+    feature_model = extractor(cfg.features)
     if cfg.method == "none":
         n = len(labels)
         table = pd.DataFrame({"score": np.zeros(n), "threshold": np.inf, "train_similarity": np.nan,
@@ -276,7 +175,7 @@ def select_synthetic(feature_model, train: tuple, val: tuple, synthetic: np.ndar
         if cfg.min_real_quantile is not None:
             calibration["lower_thresholds"] = {classes[c]: t for c, t in selector.lower_thresholds_.items()}
     if cfg.judge is not None:  # drop what an independent model says is another class (or too easy)
-        judge_model = lite0 if cfg.judge == "lite0" else feature_model
+        judge_model = extractor(cfg.judge)
         judge = FidelityJudge(cfg.judge_reject_confidence, cfg.judge_max_confidence)
         judge.fit(judge_model.features(tr_x), tr_y)
         verdict = judge.decide(judge_model.features(synthetic), labels)
@@ -285,7 +184,7 @@ def select_synthetic(feature_model, train: tuple, val: tuple, synthetic: np.ndar
         rejected = table["eligible"].to_numpy() & ~table["judge_ok"].to_numpy()
         table.loc[rejected, "reason"] = table.loc[rejected, "judge_reason"]
         table["eligible"] = table["eligible"].to_numpy() & table["judge_ok"].to_numpy()
-        from .evaluate import balanced_accuracy
+        from ..evaluation.metrics import balanced_accuracy
 
         val_pred = judge.classes_[judge.predict_proba(judge_model.features(va_x)).argmax(axis=1)]
         calibration["judge_val_balanced_accuracy"] = balanced_accuracy(np.asarray(va_y), val_pred, len(classes))

@@ -125,27 +125,12 @@ def resolve_device(name: str) -> str:
     return name
 
 
-TRACKERS = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",)}
-
-
 @dataclass(frozen=True)
 class Tracking:
     """Where training curves go besides tailfill's own files: an accelerate tracker and its folder."""
 
     report_to: str | None = None   # tensorboard | wandb | None
     project_dir: str | None = None
-
-
-def check_tracker(report_to: str | None) -> None:
-    """A clear error at start, not mid-run, when the tracker asked for is unknown or not installed."""
-    import importlib.util
-
-    if report_to is None:
-        return
-    if report_to not in TRACKERS:
-        raise ValueError(f"unknown tracker {report_to!r}; choose from {', '.join(TRACKERS)}")
-    if not any(importlib.util.find_spec(m) for m in TRACKERS[report_to]):
-        raise ValueError(f"--report-to {report_to} needs the {report_to} package: pip install {report_to}")
 
 
 def make_accelerator(mixed_precision: str | None, device: str, tracking: Tracking | None = None, name: str = "",

@@ -9,7 +9,7 @@ context. Fine-tuning is LoRA on the attention projections (``diffusion.finetune:
 
 :class:`ClassConditionedUNet` looks to the rest of tailfill like the pixel/latent ``UNet2DModel``
 (``forward(sample, t, class_labels)``, ``config.num_class_embeds``, ``save_pretrained``), so training,
-EMA, checkpoints, resume and :class:`~tailfill.diffusion.InpaintPipeline` work unchanged.
+EMA, checkpoints, resume and :class:`~tailfill.generator.pipeline.InpaintPipeline` work unchanged.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import torch
 import torch.nn as nn
 
-from .io import load_tensors, save_tensors
+from ..utils.io import load_tensors, save_tensors
 
 META = "class_conditioned.json"
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .data.rows import concat_rows
-from .training import class_power_probabilities
+from ..data.rows import concat_rows
+from ..utils.training import class_power_probabilities
 
 # classifier sampler -> class power (p(class c) ~ n_c ** power); "natural" draws every image equally
 SAMPLER_POWER = {"natural": 1.0, "sqrt": 0.5, "balanced": 0.0}
