@@ -42,10 +42,9 @@ def model_dirs(run: Run, model: str = "augmented") -> tuple[str, list[Path]]:
         kind, method = model.split(":", 1)
     else:
         kind, method = "baseline", model
-    seeds = sorted((run.paths.classifiers / kind / method).glob("seed_*"), key=lambda p: int(p.name[5:]))
-    seeds = [s for s in seeds if (s / "model.safetensors").is_file()]
+    seeds = [fit for *_, fit in run.paths.fits(kind, method, "model.safetensors")]
     if not seeds:
-        known = sorted(f"{p.parent.name}:{p.name}" for p in run.paths.classifiers.glob("*/*"))
+        known = sorted({f"{k}:{m}" for k, m, *_ in run.paths.fits()})
         raise RunDirError(f"no trained classifier {kind}:{method} in {run.dir}; known: {', '.join(known)}")
     return f"{kind}:{method}", seeds
 

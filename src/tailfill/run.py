@@ -82,6 +82,13 @@ class RunLayout:
     def classifier(self, kind: str, method: str, seed: int) -> Path:
         return self.classifiers / kind / method / f"seed_{seed}"
 
+    def fits(self, kind: str = "*", method: str = "*", file: str | None = None) -> list[tuple[str, str, int, Path]]:
+        """Every classifier fit as (kind, method, seed, directory), by kind, method and seed; with ``file``, only
+        the fits that have it (e.g. ``metrics.json``: finished)."""
+        found = [(p.parent.parent.name, p.parent.name, int(p.name[len("seed_"):]), p)
+                 for p in self.classifiers.glob(f"{kind}/{method}/seed_*") if p.name[len("seed_"):].isdigit()]
+        return sorted((f for f in found if file is None or (f[3] / file).is_file()), key=lambda f: f[:3])
+
     @property
     def autoencoder(self) -> Path:
         return self.root / "autoencoder"

@@ -176,8 +176,8 @@ def baseline_results(run: Run) -> pd.DataFrame:
     """The results table of the baselines trained so far, in config order."""
     from .evaluation.metrics import results_table
 
-    records = [read_json(p) for method in run.cfg.classifier.methods
-               for p in sorted((run.paths.classifiers / "baseline" / method).glob("seed_*/metrics.json"))]
+    records = [read_json(fit / "metrics.json") for method in run.cfg.classifier.methods
+               for *_, fit in run.paths.fits("baseline", method, "metrics.json")]
     return results_table(records)
 
 
@@ -283,7 +283,7 @@ def evaluate(run: Run) -> None:
     from .evaluation.metrics import results_table, summarise, truth_frame
 
     t0 = time.time()
-    records = [read_json(p) for p in sorted(run.paths.classifiers.glob("*/*/seed_*/metrics.json"))]
+    records = [read_json(fit / "metrics.json") for *_, fit in run.paths.fits(file="metrics.json")]
     if not records:
         raise RunDirError("no trained classifiers to evaluate")
     results = results_table(records)
@@ -306,7 +306,7 @@ def report(run: Run) -> None:
     from .evaluation.report import write_report
 
     t0 = time.time()
-    path = write_report(run)
+    path = write_report(run, STAGES.names())
     run.mark("report", t0, report=str(path))
 
 

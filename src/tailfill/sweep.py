@@ -175,7 +175,7 @@ class Store:
             stage = marker.stem  # select's key needs the baselines, which are re-linked first: always again
             if stage not in STAGE_OUTPUTS or stage == "select" or read_json(marker).get("key") != stage_key(run.cfg, stage):
                 marker.unlink()
-        for fit in run.paths.classifiers.glob("*/*/seed_*"):  # re-linked by key: only the new fits train
+        for *_, fit in run.paths.fits():  # re-linked by key: only the new fits train
             fit.unlink() if fit.is_symlink() else shutil.rmtree(fit)
 
     def run_stage(self, run: Run, stage: str, force: bool = False) -> bool:

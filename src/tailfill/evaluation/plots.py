@@ -34,12 +34,13 @@ def plot_gains(gains: pd.DataFrame, path: Path) -> None:
 def plot_confusions(matrices: dict, classes: list, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(matrices), figsize=(4.2 * len(matrices), 4))
-    for ax, (title, cm) in zip(np.atleast_1d(axes), matrices.items()):
+    # constrained layout and one colour bar for all: a bar per matrix ran its label into the next matrix
+    fig, axes = plt.subplots(1, len(matrices), figsize=(4.2 * len(matrices) + 0.8, 4), layout="constrained",
+                             squeeze=False)
+    for ax, (title, cm) in zip(axes[0], matrices.items()):
         cm = np.asarray(cm, dtype=float)
         norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
         im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
         ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=7)
         ax.set_yticks(range(len(classes)), classes, fontsize=7)
         ax.set_title(title, fontsize=8)
@@ -50,6 +51,7 @@ def plot_confusions(matrices: dict, classes: list, path: Path) -> None:
                 if cm[i, j]:
                     ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=6,
                             color="white" if norm[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=axes[0].tolist(), fraction=0.03, pad=0.02, label="share of the true class")
     _savefig(fig, path)
 
 
@@ -57,7 +59,7 @@ def plot_ood_histograms(calibration: dict, selection: pd.DataFrame, path: Path) 
     import matplotlib.pyplot as plt
 
     names = sorted(selection["class"].unique())
-    fig, axes = plt.subplots(1, len(names), figsize=(3.5 * len(names), 2.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(names), figsize=(3.5 * len(names), 3.0), squeeze=False, layout="constrained")
     for ax, name in zip(axes[0], names):
         s = selection[selection["class"] == name]
         real = np.asarray(calibration["val_scores"].get(name, []))
@@ -67,11 +69,13 @@ def plot_ood_histograms(calibration: dict, selection: pd.DataFrame, path: Path) 
             if len(values):
                 ax.hist(values, bins=bins, alpha=0.6, density=True, label=label)
         ax.axvline(calibration["thresholds"][name], color="k", ls="--", lw=1, label="threshold (real quantile)")
-        ax.set_xlabel("OOD score (higher = less like real images of the class)", fontsize=7)
+        ax.set_xlabel("OOD score", fontsize=7)
         ax.set_ylabel("density", fontsize=7)
+        ax.tick_params(labelsize=6)
         auroc = calibration["realism_auroc"].get(name, float("nan"))
         ax.set_title(f"{name}  (real-vs-synthetic AUROC {auroc:.2f})", fontsize=8)
     axes[0][0].legend(fontsize=6)
+    fig.supxlabel("OOD score: higher = less like the held-out real images of the class", fontsize=8)
     _savefig(fig, path)
 
 

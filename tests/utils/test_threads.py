@@ -14,10 +14,22 @@ def keep_threads():
     torch.set_num_threads(n)
 
 
-def test_busy_cores_is_a_share_of_the_machine():
-    busy = training.busy_cores(0.05)
-    assert 0.0 <= busy <= (os.cpu_count() or 1) + 1e-6
-    assert 0.0 <= training.busy_cores(0.05, cpus={0}) <= 1 + 1e-6  # only the cores asked about
+def test_busy_cores_sees_a_core_kept_busy():
+    import subprocess
+    import sys
+
+    if not hasattr(os, "sched_setaffinity") or not os.path.exists("/proc/stat"):
+        pytest.skip("needs Linux's /proc/stat and CPU affinity")
+    spin = subprocess.Popen([sys.executable, "-c", "import os; os.sched_setaffinity(0, {0})\nwhile True: pass"])
+    try:
+        import time
+
+        time.sleep(0.3)
+        assert training.busy_cores(0.5, cpus={0}) > 0.8  # a program spinning on core 0 keeps it busy
+        assert 0.0 <= training.busy_cores(0.05) <= (os.cpu_count() or 1) + 1e-6
+    finally:
+        spin.kill()
+        spin.wait()
     assert training.busy_cores(0.05, cpus=set()) == 0.0
 
 

@@ -6,28 +6,13 @@ from PIL import Image
 
 from tailfill.data import (DataError, ImageError, build_cache, load_csv_dataset, load_image_folder, load_isic2019,
                            long_tail_subsample, make_splits, read_image)
-from tailfill.data.sources import ISIC2019_CLASSES, ISIC2019_GT, ISIC2019_IMAGES, ISIC2019_META
+from tailfill.data.sources import ISIC2019_CLASSES, ISIC2019_GT, ISIC2019_IMAGES
 
-from conftest import SHARED_ISIC
-
-
-def write_isic(root, labels, sizes=None, meta=None, names=None):
-    """A small ISIC 2019 layout: labels is a list of class names (or lists of names for bad rows)."""
-    (root / ISIC2019_IMAGES).mkdir(parents=True)
-    rows = []
-    for i, lab in enumerate(labels):
-        image_id = names[i] if names else f"ISIC_{i:07d}"
-        file_id = image_id
-        Image.fromarray(np.full((20, 24, 3), 10 * i % 255, np.uint8)).save(root / ISIC2019_IMAGES / f"{file_id}.jpg")
-        labs = lab if isinstance(lab, list) else [lab]
-        rows.append({"image": image_id, **{c: float(c in labs) for c in ISIC2019_CLASSES}})
-    pd.DataFrame(rows).to_csv(root / ISIC2019_GT, index=False)
-    if meta is not None:
-        pd.DataFrame({"image": [r["image"] for r in rows], "lesion_id": meta}).to_csv(root / ISIC2019_META, index=False)
-    return root
+from conftest import ALL8, write_isic, SHARED_ISIC
 
 
-ALL8 = ["MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC"]
+
+
 
 
 def test_isic_loader_reads_official_layout(tmp_path):

@@ -15,7 +15,7 @@ from tailfill.data import DataError, ImageError, build_cache, load_csv_dataset, 
 from tailfill.data.images import MAX_IMAGE_PIXELS
 from tailfill.data.sources import ISIC2019_GT, ISIC2019_IMAGES
 
-from test_data import ALL8, write_isic
+from conftest import ALL8, write_isic
 
 
 def one_line(capsys) -> str:

@@ -1,3 +1,4 @@
+"""What a classifier trains on: synthetic shares, real frequencies, the control, sample weights, soft labels."""
 import dataclasses
 
 import numpy as np
@@ -5,15 +6,12 @@ import pytest
 import torch
 
 from tailfill.classifier.losses import LongTailLoss
-from tailfill.classifier.model import TrainedClassifier
-from tailfill.classifier.crt import retrain_head, retrain_head_on_real
 from tailfill.classifier.train import train_classifier
 from tailfill.config import ClassifierConfig
 from tailfill.classifier.mixing import (cap_per_class, draw_probabilities, with_repeated_real,
                                         with_synthetic)
 
 from test_classify import _blobs
-
 
 def test_synthetic_share_caps_each_class_draws_and_keeps_class_balance():
     # class 0: 100 real; class 1: 6 real + 54 synthetic
@@ -87,54 +85,6 @@ def test_sample_weights_reweight_the_loss():
     down = loss(logits, y, sample_weight=torch.tensor([0.1, 1.0]))  # the wrong one counts less
     assert down < plain
     torch.testing.assert_close(loss(logits, y, sample_weight=torch.tensor([3.0, 3.0])), plain)
-
-
-def test_classifier_trains_with_synthetic_share_weight_and_crt(rng):
-    x, y = _blobs(rng, 120)
-    vx, vy = _blobs(rng, 60)
-    synthetic = np.zeros(len(y), bool)
-    synthetic[::3] = True
-    cfg = ClassifierConfig(backbone="resnet10t", epochs=3, batch_size=32, lr=3e-3, synthetic_share=0.3,
-                           synthetic_loss_weight=0.5, retrain_head=True, head_epochs=3)
-    model = train_classifier(x, y, vx, vy, ["a", "b", "c"], "balanced_sampling", cfg, seed=0, device="cpu",
-                             synthetic=synthetic)
-    assert [h["epoch"] for h in model.history][-3:] == ["head 1", "head 2", "head 3"]
-    assert np.mean(model.predict_proba(vx).argmax(1) == vy) > 0.8
-    np.testing.assert_allclose(model.log_prior, np.log(1 / 3))  # post-hoc corrections see a balanced head
-
-
-def test_crt_in_two_steps_from_a_saved_first_stage_is_crt_in_one(rng, tmp_path):
-    # the benchmark re-trains the head of a cached fit: it must be the model train_classifier makes in one go
-    x, y = _blobs(rng, 90)
-    vx, vy = _blobs(rng, 45)
-    synthetic = np.zeros(len(y), bool)
-    synthetic[::4] = True
-    cfg = ClassifierConfig(backbone="resnet10t", epochs=2, batch_size=32, lr=3e-3, head_epochs=3)
-    crt = dataclasses.replace(cfg, retrain_head=True)
-    one_go = train_classifier(x, y, vx, vy, ["a", "b", "c"], "balanced_sampling", crt, seed=2, device="cpu",
-                              synthetic=synthetic)
-    first = train_classifier(x, y, vx, vy, ["a", "b", "c"], "balanced_sampling", cfg, seed=2, device="cpu",
-                             synthetic=synthetic)
-    first.save(tmp_path / "first", "resnet10t")
-    two_steps = retrain_head_on_real(TrainedClassifier.load(tmp_path / "first"), x, y, synthetic, vx, vy, crt, seed=2)
-    np.testing.assert_allclose(two_steps.predict_proba(vx), one_go.predict_proba(vx), atol=1e-5)
-    assert [h["epoch"] for h in two_steps.history] == [h["epoch"] for h in one_go.history]
-    # and the head saw the real rows only: with the synthetic rows relabelled, the result does not move
-    y_other = y.copy()
-    y_other[synthetic] = (y[synthetic] + 1) % 3
-    other = retrain_head_on_real(TrainedClassifier.load(tmp_path / "first"), x, y_other, synthetic, vx, vy, crt, seed=2)
-    np.testing.assert_allclose(other.predict_proba(vx), two_steps.predict_proba(vx), atol=1e-6)
-
-
-def test_crt_never_ends_worse_on_validation_than_the_head_it_replaces(rng):
-    x, y = _blobs(rng, 90)
-    vx, vy = _blobs(rng, 45)
-    cfg = ClassifierConfig(backbone="resnet10t", epochs=2, batch_size=32, lr=3e-3, head_epochs=2)
-    model = train_classifier(x, y, vx, vy, ["a", "b", "c"], "ce", cfg, seed=1, device="cpu")
-    before = np.mean([np.mean(model.predict_proba(vx).argmax(1)[vy == c] == c) for c in range(3)])
-    retrain_head(model, x, y, vx, vy, cfg, seed=1)
-    after = np.mean([np.mean(model.predict_proba(vx).argmax(1)[vy == c] == c) for c in range(3)])
-    assert after >= before - 1e-9
 
 
 def test_soft_labels_of_translated_images():

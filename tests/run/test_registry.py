@@ -6,6 +6,8 @@ import pytest
 
 from tailfill.registry import Registry
 
+from conftest import REPO
+
 
 def test_lazy_entries_are_imported_on_first_use_and_errors_name_the_choices():
     r = Registry("select.method")
@@ -43,7 +45,7 @@ def test_reading_and_checking_a_config_imports_no_torch():
             "validate(load_config('configs/ham10000.yaml', [])); "
             "print(sorted(m for m in ('torch', 'diffusers', 'timm', 'accelerate') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=__import__("pathlib").Path(__file__).resolve().parents[1])
+                         cwd=REPO)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 

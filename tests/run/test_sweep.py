@@ -1,5 +1,4 @@
 """tailfill sweep: variants as ordinary runs, stage outputs shared by key; tailfill compare builds the tables."""
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -9,7 +8,7 @@ from tailfill.cli import main
 from tailfill.config import load_config
 from tailfill.sweep import SweepSpec, stage_key
 
-from conftest import tiny_overrides
+from conftest import REPO, tiny_overrides
 
 
 def write_spec(tmp_path, variants, controls=("real_oversample",), seeds=(0, 1)):
@@ -174,7 +173,7 @@ def test_compare_pairs_each_synthetic_row_with_the_strongest_real_row_of_its_set
     assert paired(frame[frame["model"] == "synth"].assign(fold=9), frame[frame["model"] == "baseline:ce"]) == {"pairs": 0}
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "benchmarks").glob("sweep_*.yaml")),
+@pytest.mark.parametrize("path", sorted((REPO / "benchmarks").glob("sweep_*.yaml")),
                          ids=lambda p: p.name)
 def test_shipped_sweep_specs_load_with_their_controls(path, monkeypatch):
     monkeypatch.chdir(path.parents[1])  # their base paths are relative to the repository root

@@ -1,5 +1,4 @@
 import pickle
-from pathlib import Path
 
 import pytest
 import torch
@@ -7,7 +6,9 @@ import torch
 from tailfill.config import Config, load_config
 from tailfill.utils.io import atomic_path, load_state, safe_join, save_state, write_text
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+from conftest import REPO
+
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 
 
 def test_defaults_are_the_demo():
@@ -40,8 +41,20 @@ def test_overrides_and_unknown_keys(tmp_path):
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
-def test_shipped_configs_load(path):
-    assert isinstance(load_config(path), Config)
+def test_shipped_configs_load_check_and_round_trip(path, tmp_path):
+    """Every shipped config passes validate(), says what it is in at most 3 header lines, round-trips through
+    YAML unchanged, and names only keys that exist (an unknown key is an error at load)."""
+    from tailfill.config import validate
+
+    cfg = load_config(path)
+    validate(cfg)
+    lines = path.read_text().splitlines()
+    header = [line for line in lines[:next(i for i, line in enumerate(lines) if not line.startswith("#"))]]
+    assert 1 <= len(header) <= 3, header
+    again = tmp_path / "again.yaml"
+    again.write_text(cfg.to_yaml())
+    assert load_config(again) == cfg
+    assert cfg != Config()  # it sets something: a shipped config that equals the defaults is a mistake
 
 
 def test_atomic_write_leaves_old_file_on_failure(tmp_path):
