@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 def _settings(cfg) -> str:
     """The classifier settings two rows must share to be compared (what the baselines read, bar method)."""
-    from .sweep import AUGMENTED_ONLY, PER_FIT, _digest, _fields
+    from .sweep.keys import AUGMENTED_ONLY, PER_FIT, _digest, _fields
 
     return _digest(_fields(cfg, ["device", ("classifier", AUGMENTED_ONLY + PER_FIT)]))
 

@@ -67,7 +67,7 @@ def test_splits_give_each_variant_one_run_per_data_seed_with_folds_inside(tmp_pa
 
 
 def test_publish_links_back_and_a_second_job_of_the_same_key_keeps_its_own(tmp_path):
-    from tailfill.sweep import _publish
+    from tailfill.sweep.store import _publish
 
     entry = tmp_path / "store" / "generate" / "k1"
     for job in ("a", "b"):
