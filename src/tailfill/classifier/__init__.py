@@ -1,12 +1,11 @@
 """Step 5, the classifier: long-tail methods and losses (``losses``), the model with its timm-compatible
 save/load (``model``), training and scoring (``train``), cRT (``crt``), what it trains on (``mixing``),
 generated features for the head (``feature_fill``) and packaged ImageNet weights (``pretrained``)."""
+from ..utils.lazy import lazy_exports
 
-import importlib
-
-# name -> submodule: imported on first use, so reading the package's light parts (a config's names) needs
-# no torch
-_LAZY = {
+# each public name -> its submodule, imported on first use: the package's light parts (the names a config is
+# checked against) import no torch
+__getattr__, __all__ = lazy_exports(__name__, {
     "Classifier": "model",
     "FitResult": "train",
     "LongTailLoss": "losses",
@@ -16,11 +15,4 @@ _LAZY = {
     "fit_and_score": "train",
     "score": "train",
     "train_classifier": "train",
-}
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+})

@@ -1,12 +1,11 @@
 """Step 2-3, the generator: the class- and mask-conditioned inpainting UNet and its pipeline (``pipeline``), its
 training (``train``), the latent autoencoder (``autoencoder``), the pretrained SD-inpainting path
 (``sd_inpaint``), and generation of new lesions into real skin with provenance (``generate``)."""
+from ..utils.lazy import lazy_exports
 
-import importlib
-
-# name -> submodule: imported on first use, so reading the package's light parts (a config's names) needs
-# no torch
-_LAZY = {
+# each public name -> its submodule, imported on first use: the package's light parts (the names a config is
+# checked against) import no torch
+__getattr__, __all__ = lazy_exports(__name__, {
     "InpaintPipeline": "pipeline",
     "MaskSampler": "train",
     "SCHEDULERS": "pipeline",
@@ -16,11 +15,4 @@ _LAZY = {
     "make_scheduler": "pipeline",
     "null_label": "pipeline",
     "train_diffusion": "train",
-}
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+})
