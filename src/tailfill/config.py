@@ -31,10 +31,9 @@ class DataConfig:
     split_file: Optional[str] = None   # CSV image,split (train/val/test/unused): your own split instead of ours
     folds: Optional[int] = None        # k-fold cross-validation: k runs, fold i the test split of run i (grouped)
     fold: Optional[int] = None         # set per fold by `tailfill run` when folds is set
-    val_per_class: Optional[int] = None   # instead of val_fraction: this many images of every class (whole
-    test_per_class: Optional[int] = None  # lesions), balanced held-out sets that measure the tail classes
-    imbalance_ratio: Optional[float] = None  # thin the *training* split to this head/tail ratio; None: keep as
-    # is (for kind=demo, None means 20: the demo set is mildly imbalanced so its val/test splits stay sizeable)
+    val_per_class: Optional[int] = None   # instead of val_fraction: this many images (whole lesions) of each class
+    test_per_class: Optional[int] = None  # instead of test_fraction: this many images (whole lesions) of each class
+    imbalance_ratio: Optional[float] = None  # thin the training split to this head/tail ratio (None: as is; demo: 20)
     max_per_class: Optional[int] = None      # cap images per class before splitting (quick experiments)
     on_bad_image: str = "error"        # error | skip: a missing or unreadable image
     masks_dir: Optional[str] = None    # user lesion masks (<image>.png or <image>_segmentation.png)
@@ -73,8 +72,8 @@ class DiffusionConfig:
     block_out_channels: list = field(default_factory=lambda: [32, 64, 64])
     layers_per_block: int = 1
     attention: bool = False            # self-attention in the lowest-resolution blocks
-    train_steps: int = 400            # the CPU demo's; with Min-SNR and lr 1e-3 as good a table as 1500 steps at
-    batch_size: int = 32               # 3e-4 without it, in 0.27 of the time (docs/performance.md, "The demo")
+    train_steps: int = 400             # optimiser steps (400: the CPU demo's, with Min-SNR and lr 1e-3)
+    batch_size: int = 32
     lr: float = 1e-3
     ema_decay: float = 0.995
     cond_drop_prob: float = 0.1        # label dropout that trains the null class for guidance
@@ -98,14 +97,13 @@ class GenerateConfig:
     steps: int = 12                    # DPM-Solver++ needs few; 20-25 for ddim
     guidance_scale: float = 3.0
     latent_clip: Optional[float] = 2.0  # latent space: clip each step's x0 estimate to +-this (latents have unit
-                                        # variance), or a small UNet trained here drifts into saturated blobs
-                                        # (docs/benchmarks.md, 128 px); null for a pretrained SD UNet
+                                        # variance; unclipped, a small UNet drifts into blobs); null for SD's UNet
     strength: Union[float, list] = 1.0  # <1: start from the context's own lesion noised this far (SDEdit), not pure
                                         # noise; a list: each image draws one (Diff-Mix: [0.5, 0.7, 0.9])
     mask_source: str = "auto"          # auto (segment the context's lesion) | user | random
     context_classes: Union[str, list] = "all"  # skin context from: "all" training images, the "same" class, or names
     mask_dilation: int = 2             # grow lesion masks (pixels) so the old lesion's rim is replaced too
-    batch_size: int = 16               # 16 on a CPU: 1.4x the rate of 64 at 64 px (docs/performance.md); more on a GPU
+    batch_size: int = 16               # images a sampling batch (16 suits a CPU; more on a GPU)
     shard_size: int = 64               # images per shard; finished shards are skipped on resume
     seed: int = 1234
     use_ema: bool = True
@@ -118,10 +116,10 @@ class SelectConfig:
     real_quantile: float = 0.95        # threshold = this quantile of held-out real scores of the class
     keep_fraction: float = 1.0         # then keep at most this fraction of each class's best scores
     min_real_quantile: Optional[float] = None  # also drop images scoring below this quantile of held-out real
-    # scores (too typical: nearer the class mean than almost every real image; hazy lesions); None: no lower bound
+                                       # scores (too typical, e.g. hazy lesions); None: no lower bound
     fill_fraction: float = 1.0         # use eligible images for at most this share of each class's deficit
     near_duplicate_similarity: Union[str, float] = "auto"  # centred cosine similarity to a training image above
-    # which a sample is a copy; "auto": the 99th percentile of held-out real images' similarity
+                                       # which a sample is a copy; auto: held-out real images' 99th percentile
     feature_method: Optional[str] = None  # which baseline's classifier gives the features (default: best on val)
     features: str = "classifier"       # OOD features: classifier (the baseline's) | lite0 (frozen ImageNet, tailfill[lite0])
     judge: Optional[str] = None        # fidelity judge independent of the classifier: lite0 | classifier | None
@@ -152,8 +150,9 @@ class ClassifierConfig:
     synthetic_loss_weight: float = 1.0  # loss weight of a synthetic image relative to a real one
     synthetic_rebalances: bool = True  # synthetic images count toward their class's frequency (sampler, loss
                                        # prior); false: the class keeps its real frequency and they only vary it
-    soft_labels: bool = False          # translated synthetic images (SDEdit strength s < 1 into another class's
-    soft_label_gamma: float = 0.5      # skin) count s**gamma as their class, the rest as the source class (Diff-Mix)
+    soft_labels: bool = False          # a translated image (strength s < 1, another class's skin) counts s**gamma
+                                       # as its class and the rest as the source class (Diff-Mix)
+    soft_label_gamma: float = 0.5      # the gamma of soft_labels
     retrain_head: bool = False         # cRT: then re-train the head on real images only, class-balanced
     head_epochs: int = 10              # epochs of that head re-training
     feature_fill: Optional[str] = None  # that re-training also draws generated feature vectors, every class
@@ -161,16 +160,13 @@ class ClassifierConfig:
                                        # a class-conditional DDPM on the backbone's features); null: none
     feature_share: float = 0.5         # at most this share of a class's head-training draws are generated
     feature_steps: int = 1500          # training steps of the feature diffusion model
-    head_init: str = "reset"           # the head re-training starts from: reset (cRT) | keep (the trained head,
-                                       # fine-tuned, as LDMLR does)
+    head_init: str = "reset"           # the head re-training starts from: reset (cRT) | keep (fine-tune it, LDMLR)
     mixed_precision: Optional[str] = None  # as diffusion.mixed_precision
     tta: bool = False                  # test-time augmentation: predictions (test scores, predict, submission)
                                        # average the 8 flips and quarter turns (a lesion has no up); the
                                        # epoch kept during training is still chosen on one view
-    ema_decay: Optional[float] = None  # a moving average of the weights (Polyak; timm's --model-ema), e.g. 0.98
-                                       # (~50 steps): the averaged weights are validated, kept, saved (null: off)
-    keep: Optional[str] = None         # the weights kept: best (null) = the epoch of best validation balanced
-                                       # accuracy; last = the final ones (no selection on a small val set)
+    ema_decay: Optional[float] = None  # validate, keep and save a moving average of the weights (e.g. 0.98); null: off
+    keep: Optional[str] = None         # the weights kept: best (null: the best validation epoch) | last
 
 
 @dataclass
