@@ -3,7 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tailfill.classifier.losses import METHODS, LongTailLoss
+from tailfill.classifier.losses import LongTailLoss
+from tailfill.classifier.methods import METHODS
 from tailfill.classifier.model import TrainedClassifier
 from tailfill.classifier.train import train_classifier
 from tailfill.classifier.mixing import draw_probabilities

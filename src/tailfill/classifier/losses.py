@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..registry import Registry
-from .methods import COSINE_SCALE, METHODS  # noqa: F401  (METHODS: the methods these losses serve)
+from .methods import COSINE_SCALE
 
 # name -> per_sample(criterion, logits, y, progress) -> (loss per image, class weight per image or None)
 LOSSES = Registry("loss")
