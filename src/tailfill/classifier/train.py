@@ -13,12 +13,7 @@ import torch
 
 from ..evaluation.metrics import balanced_accuracy, classification_metrics
 from ..utils.progress import progress
-from ..utils.training import (
-    check_finite,
-    digests_per_rank,
-    finish_tracking,
-    make_accelerator,
-)
+from ..utils.training import check_finite, digests_per_rank, finish_tracking, make_accelerator
 from .crt import retrain_head_on_real
 from .losses import LongTailLoss
 from .methods import METHODS

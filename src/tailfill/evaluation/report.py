@@ -6,13 +6,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..utils.io import read_json, read_table, write_text
-from .plots import (
-    plot_confusions,
-    plot_gains,
-    plot_ood_histograms,
-    plot_training_curves,
-    sample_grid,
-)
+from .plots import plot_confusions, plot_gains, plot_ood_histograms, plot_training_curves, sample_grid
 from .tables import fidelity_text, gains_table, summary_table, to_markdown
 
 

@@ -23,15 +23,8 @@ from diffusers import AutoencoderKL
 
 from ..utils.io import atomic_dir, load_state, recover_dir, save_state, write_json
 from ..utils.progress import progress
-from ..utils.training import (
-    check_finite,
-    ema_update,
-    finish_tracking,
-    kept_checkpoint,
-    make_accelerator,
-    optimizer_step,
-    to_model_range,
-)
+from ..utils.training import (check_finite, ema_update, finish_tracking, kept_checkpoint, make_accelerator,
+                              optimizer_step, to_model_range)
 
 log = logging.getLogger(__name__)
 

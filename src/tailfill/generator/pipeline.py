@@ -15,11 +15,7 @@ import inspect
 from pathlib import Path
 
 import torch
-from diffusers import (
-    DDPMScheduler,
-    DPMSolverMultistepScheduler,
-    UNet2DModel,
-)
+from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel
 
 
 from .schedulers import SCHEDULERS

@@ -14,17 +14,8 @@ from scipy import ndimage
 from ..data.masks import random_shape_mask
 from ..utils.io import atomic_dir, load_state, recover_dir, save_state, write_json
 from ..utils.progress import progress
-from ..utils.training import (
-    check_finite,
-    class_power_probabilities,
-    digests_per_rank,
-    ema_update,
-    finish_tracking,
-    kept_checkpoint,
-    make_accelerator,
-    optimizer_step,
-    to_model_range,
-)
+from ..utils.training import (check_finite, class_power_probabilities, digests_per_rank, ema_update, finish_tracking,
+                              kept_checkpoint, make_accelerator, optimizer_step, to_model_range)
 from .pipeline import InpaintPipeline, build_unet, load_unet, model_input
 
 log = logging.getLogger(__name__)
