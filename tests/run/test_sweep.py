@@ -230,7 +230,11 @@ def test_archive_keeps_finished_runs_only_and_no_weights(tmp_path):
         for rel in files:
             (run / rel).parent.mkdir(parents=True, exist_ok=True)
             (run / rel).write_text("x")
+    (done / "config.yaml").write_text(f"run_dir: {done}\n")
+    (done / "log.txt").write_text("a log")
     kept = {p.relative_to(tmp_path / "kept").as_posix() for p in archive(spec, tmp_path / "kept")}
+    assert (tmp_path / "kept" / "done" / "config.yaml").read_text() == f"run_dir: {tmp_path / 'kept' / 'done'}\n"
+    kept.discard("done/config.yaml")
     assert kept == {"done/results/results.csv", "done/stages/train-baseline.json",
                     "done/classifier/baseline/ce/seed_0/metrics.json"}
     assert (tmp_path / "kept" / "sweep.yaml").is_file()

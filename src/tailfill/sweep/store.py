@@ -147,7 +147,7 @@ class Store:
 
 # ---------- keeping the results
 
-ARCHIVED = (".json", ".csv", ".yaml", ".md", ".txt")     # tables, markers, configs, selections, logs
+ARCHIVED = (".json", ".csv", ".yaml", ".md", ".txt")     # tables, markers, configs, selections (not log.txt)
 NOT_ARCHIVED = ("store", "cache", "demo_data", "data", "shards", "checkpoint")  # data, caches, weights
 
 
@@ -169,13 +169,15 @@ def archive(spec: SweepSpec, dest: Path, max_bytes: int = 2**20) -> list[Path]:
         dirs[:] = sorted(d for d in dirs if d not in NOT_ARCHIVED and (Path(folder) / d).resolve() not in unfinished)
         for name in sorted(files):
             src = Path(folder) / name
-            if src.suffix not in ARCHIVED or src.stat().st_size > max_bytes:
+            if src.suffix not in ARCHIVED or src.name == "log.txt" or src.stat().st_size > max_bytes:
                 continue
             target = dest / src.relative_to(spec.out)
             target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, target)
+            # the record is a sweep directory of its own: paths into the sweep (run_dir, the cache) point into it
+            text = src.read_text(encoding="utf-8")
+            for old in {str(spec.out), str(spec.out.resolve())}:
+                text = text.replace(old, str(dest))
+            write_text(target, text)
             written.append(target)
     write_text(dest / "sweep.yaml", yaml.safe_dump({**spec.source, "out": str(dest)}, sort_keys=False))
     return written
