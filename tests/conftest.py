@@ -30,6 +30,15 @@ def tiny_overrides(run_dir, size=16, **extra):
     return values
 
 
+def fit_config(head=None, mixing=None, experimental=None, **classifier):
+    """A run Config for one classifier fit: ``classifier`` keys, and the head, mixing and experimental sections
+    as mappings."""
+    from tailfill.config import Config, ClassifierConfig, ExperimentalConfig, HeadConfig, MixingConfig
+
+    return Config(classifier=ClassifierConfig(**classifier), head=HeadConfig(**(head or {})),
+                  mixing=MixingConfig(**(mixing or {})), experimental=ExperimentalConfig(**(experimental or {})))
+
+
 def write_config(path, run_dir, **extra):
     path.write_text(yaml.safe_dump(tiny_overrides(run_dir, **extra)))
     return path

@@ -162,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config")
     p.add_argument("--set", action="append", default=[])
     p.add_argument("--debug", action="store_true")
+    p = sub.add_parser("upgrade-config", help="print a config or sweep spec with moved keys at their new place")
+    p.add_argument("file", help="a config YAML or a sweep spec (its set: and variants:)")
+    p.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
 
     try:
@@ -198,6 +201,14 @@ def _dispatch(args) -> int:
         print(load_config(args.config, args.set).to_yaml(), end="")
         return 0
 
+    if args.command == "upgrade-config":
+        from .config import upgrade_file
+
+        text, moves = upgrade_file(args.file)
+        print(text, end="")
+        for old, new in moves:
+            print(f"moved {old} -> {new}", file=sys.stderr)
+        return 0
     if args.command == "compare":
         from .compare import compare
         from .sweep import SweepSpec

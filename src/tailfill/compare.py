@@ -1,7 +1,7 @@
 """``tailfill compare``: a sweep's tables, built from its runs' own results.
 
 Every row is a model of the sweep: each distinct baseline (a baseline fit shared by several variants is one
-row), each control variant (``classifier.fill_with: real``) and each synthetic variant, over its splits,
+row), each control variant (``mixing.fill_with: real``) and each synthetic variant, over its splits,
 folds and seeds (pooled). A synthetic row is set against the strongest real-only row (baseline or control)
 trained with the same classifier settings: the paired difference by (split, fold, seed), with a bootstrap
 interval over those pairs.
@@ -26,9 +26,9 @@ log = logging.getLogger(__name__)
 
 def _settings(cfg) -> str:
     """The classifier settings two rows must share to be compared (what the baselines read, bar method)."""
-    from .sweep.keys import AUGMENTED_ONLY, PER_FIT, _digest, _fields
+    from .sweep.keys import FIT_SETTINGS, _digest, _fields
 
-    return _digest(_fields(cfg, ["device", ("classifier", AUGMENTED_ONLY + PER_FIT)]))
+    return _digest(_fields(cfg, FIT_SETTINGS))
 
 
 def sweep_rows(spec) -> pd.DataFrame:
@@ -48,7 +48,7 @@ def sweep_rows(spec) -> pd.DataFrame:
             fits = dict(zip([(m, s) for m in cfg.classifier.methods for s in cfg.classifier.seeds], baseline_keys(cfg)))
             for _, r in results.iterrows():
                 augmented = r["kind"] == "augmented"
-                role = ("control" if cfg.classifier.fill_with == "real" else "synthetic") if augmented else "baseline"
+                role = ("control" if cfg.mixing.fill_with == "real" else "synthetic") if augmented else "baseline"
                 rows.append({
                     "dataset": cfg.data.kind, "size": cfg.data.image_size, "variant": name if augmented else "",
                     "model": name if augmented else f"baseline:{r['method']}", "role": role, "method": r["method"],
@@ -115,7 +115,7 @@ def pool_table(spec) -> pd.DataFrame:
     """The selection funnel and realism AUROC of every synthetic variant's pool, over its folds."""
     lines = []
     for name in spec.variants:
-        if spec.config(name).classifier.fill_with == "real":
+        if spec.config(name).mixing.fill_with == "real":
             continue
         runs = [Run(cfg) for _, _, cfg in spec.runs(name)]
         tables, auroc, real_fidelity = [], {}, {}

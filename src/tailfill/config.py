@@ -114,59 +114,65 @@ class SelectConfig:
     method: str = "mahalanobis"        # mahalanobis | knn | none
     k: int = 5                         # knn: neighbours
     real_quantile: float = 0.95        # threshold = this quantile of held-out real scores of the class
-    keep_fraction: float = 1.0         # then keep at most this fraction of each class's best scores
-    min_real_quantile: Optional[float] = None  # also drop images scoring below this quantile of held-out real
-                                       # scores (too typical, e.g. hazy lesions); None: no lower bound
-    fill_fraction: float = 1.0         # use eligible images for at most this share of each class's deficit
     near_duplicate_similarity: Union[str, float] = "auto"  # centred cosine similarity to a training image above
                                        # which a sample is a copy; auto: held-out real images' 99th percentile
     feature_method: Optional[str] = None  # which baseline's classifier gives the features (default: best on val)
     features: str = "classifier"       # OOD features: classifier (the baseline's) | lite0 (frozen ImageNet, tailfill[lite0])
-    judge: Optional[str] = None        # fidelity judge independent of the classifier: lite0 | classifier | None
-    judge_size: int = 224              # lite0 features (OOD and judge) at this many px
-    judge_reject_confidence: float = 0.5  # judge: drop an image another class claims with at least this probability
-    judge_max_confidence: Optional[float] = None  # judge: drop images of their class above this probability (too easy)
+    feature_size: int = 224            # lite0 features (OOD scores and experimental.judge) at this many px
 
 
 @dataclass
 class ClassifierConfig:
     backbone: str = "resnet18"         # any timm model name (lite0 = tf_efficientnet_lite0)
     pretrained: bool = False           # timm weights in the local cache, or lite0's from tailfill[lite0]
-    input_size: Optional[int] = None   # resize images to this side before the network (None: data.image_size);
-                                       # 128 lets a pretrained backbone read a 64 px cache at its own scale
+    input_size: Optional[int] = None   # side the network reads (None: data.image_size; 128: a 64 px cache at lite0's scale)
     epochs: int = 20
-    steps_per_epoch: Optional[int] = None  # batches an epoch, drawn by the method's sampler (null: one pass over
-                                       # the training images); a fixed budget keeps a fit's cost off the head's size
+    steps_per_epoch: Optional[int] = None  # batches an epoch, drawn by the method's sampler (null: one pass; a fixed
+                                       # budget keeps a fit's cost off the head class's size)
     batch_size: int = 64
     lr: float = 2e-3
     weight_decay: float = 5e-4
     methods: list = field(default_factory=lambda: ["ce", "balanced_sampling", "logit_adjust"])
-    augmented_method: str = "best"    # which method trains on real+synthetic; "best" = best baseline on val
-    fill_with: str = "synthetic"       # what fills each class's deficit in train-augmented: synthetic (the used
-                                       # images) | real (the control: its own real images repeated; no generator)
     seeds: list = field(default_factory=lambda: [0, 1])
-    synthetic_max_ratio: Optional[float] = None  # cap synthetic images per class at ratio x real (None: no cap)
-    synthetic_share: Optional[float] = None  # cap the synthetic share of each class's draws (None: no cap)
-    synthetic_loss_weight: float = 1.0  # loss weight of a synthetic image relative to a real one
-    synthetic_rebalances: bool = True  # synthetic images count toward their class's frequency (sampler, loss
-                                       # prior); false: the class keeps its real frequency and they only vary it
-    soft_labels: bool = False          # a translated image (strength s < 1, another class's skin) counts s**gamma
-                                       # as its class and the rest as the source class (Diff-Mix)
-    soft_label_gamma: float = 0.5      # the gamma of soft_labels
-    retrain_head: bool = False         # cRT: then re-train the head on real images only, class-balanced
-    head_epochs: int = 10              # epochs of that head re-training
-    feature_fill: Optional[str] = None  # that re-training also draws generated feature vectors, every class
-                                       # topped up to the largest: gaussian (per class) | diffusion (LDMLR:
-                                       # a class-conditional DDPM on the backbone's features); null: none
+    mixed_precision: Optional[str] = None  # as diffusion.mixed_precision
+    tta: bool = False                  # predictions average the 8 flips and quarter turns (a lesion has no up)
+
+
+@dataclass
+class MixingConfig:
+    """How synthetic (or, for the control, repeated real) images join training in train-augmented."""
+    method: str = "best"               # the method that trains on them: a classifier method, or best (on val)
+    fill_with: str = "synthetic"       # what fills each class's deficit: synthetic | real (the control, no generator)
+    share: Optional[float] = None      # cap the synthetic share of each class's draws (None: no cap)
+    rebalances: bool = True            # they count toward their class's frequency (false: the real prior is kept)
+
+
+@dataclass
+class HeadConfig:
+    """cRT: after a fit, the head re-trained class-balanced on real features (classifier/crt.py)."""
+    retrain: bool = False              # re-train the head of every fit
+    epochs: int = 10                   # epochs of that re-training
+    init: str = "reset"                # reset (cRT) | keep (fine-tune the trained head, as LDMLR does)
+    feature_fill: Optional[str] = None  # also draw generated feature vectors: gaussian | diffusion (LDMLR) | null
     feature_share: float = 0.5         # at most this share of a class's head-training draws are generated
     feature_steps: int = 1500          # training steps of the feature diffusion model
-    head_init: str = "reset"           # the head re-training starts from: reset (cRT) | keep (fine-tune it, LDMLR)
-    mixed_precision: Optional[str] = None  # as diffusion.mixed_precision
-    tta: bool = False                  # test-time augmentation: predictions (test scores, predict, submission)
-                                       # average the 8 flips and quarter turns (a lesion has no up); the
-                                       # epoch kept during training is still chosen on one view
-    ema_decay: Optional[float] = None  # validate, keep and save a moving average of the weights (e.g. 0.98); null: off
-    keep: Optional[str] = None         # the weights kept: best (null: the best validation epoch) | last
+
+
+@dataclass
+class ExperimentalConfig:
+    """Knobs measured null or harmful (docs/results.md keeps the record), kept to reproduce those rows."""
+    keep_fraction: float = 1.0         # select: keep at most this fraction of each class's best scores
+    min_real_quantile: Optional[float] = None  # select: also drop scores below this real quantile (too typical)
+    fill_fraction: float = 1.0         # select: use eligible images for at most this share of a deficit
+    judge: Optional[str] = None        # select: a fidelity judge besides the OOD score: lite0 | classifier | null
+    judge_reject_confidence: float = 0.5  # judge: drop an image another class claims with at least this probability
+    judge_max_confidence: Optional[float] = None  # judge: drop images of their class above this probability
+    soft_labels: bool = False          # mixing: a translated image counts strength**gamma as its class (Diff-Mix)
+    soft_label_gamma: float = 0.5      # the gamma of soft_labels
+    synthetic_loss_weight: float = 1.0  # mixing: loss weight of a synthetic image relative to a real one
+    synthetic_max_ratio: Optional[float] = None  # mixing: at most this many synthetic images per real one, per class
+    ema_decay: Optional[float] = None  # classifier: validate and keep a moving average of the weights (e.g. 0.98)
+    keep: Optional[str] = None         # classifier: the weights kept: best (null: best validation epoch) | last
 
 
 @dataclass
@@ -181,6 +187,9 @@ class Config:
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    mixing: MixingConfig = field(default_factory=MixingConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    experimental: ExperimentalConfig = field(default_factory=ExperimentalConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -189,12 +198,67 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
+# keys that moved to a section of their own (old dotted key -> new): an old config gets an error naming the new
+# key; a run directory's saved config.yaml is upgraded on load (`tailfill upgrade-config` rewrites a file)
+MOVED = {
+    "classifier.augmented_method": "mixing.method", "classifier.fill_with": "mixing.fill_with",
+    "classifier.synthetic_share": "mixing.share", "classifier.synthetic_rebalances": "mixing.rebalances",
+    "classifier.retrain_head": "head.retrain", "classifier.head_epochs": "head.epochs",
+    "classifier.head_init": "head.init", "classifier.feature_fill": "head.feature_fill",
+    "classifier.feature_share": "head.feature_share", "classifier.feature_steps": "head.feature_steps",
+    "select.judge_size": "select.feature_size",
+    **{f"select.{k}": f"experimental.{k}" for k in ("keep_fraction", "min_real_quantile", "fill_fraction", "judge",
+                                                     "judge_reject_confidence", "judge_max_confidence")},
+    **{f"classifier.{k}": f"experimental.{k}" for k in ("soft_labels", "soft_label_gamma", "synthetic_loss_weight",
+                                                         "synthetic_max_ratio", "ema_decay", "keep")},
+}
+
+
+def upgrade_config(values: dict) -> list[tuple[str, str]]:
+    """Move every old key of the nested ``values`` to its new place (``MOVED``), in place; the moves made."""
+    done = []
+    for old, new in MOVED.items():
+        (o_sec, o_key), (n_sec, n_key) = old.split("."), new.split(".")
+        section = values.get(o_sec)
+        if isinstance(section, dict) and o_key in section:
+            target = values.setdefault(n_sec, {}) or {}
+            values[n_sec] = target
+            if isinstance(target, dict):
+                target[n_key] = section.pop(o_key)
+                done.append((old, new))
+    return done
+
+
+def upgrade_file(path: str | Path) -> tuple[str, list[tuple[str, str]]]:
+    """The YAML of the config or sweep spec at ``path`` with its moved keys at their new place (comments are not
+    kept), and the moves made. A sweep spec's dotted keys (in ``set`` and each variant) are renamed."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: the top level must be a mapping")
+    if "variants" in values or "set" in values:  # a sweep spec
+        moves = []
+        for block in [values.get("set")] + list((values.get("variants") or {}).values()):
+            for old in [k for k in (block or {}) if k in MOVED]:
+                block[MOVED[old]] = block.pop(old)
+                moves.append((old, MOVED[old]))
+    else:
+        moves = upgrade_config(values)
+    return yaml.safe_dump(values, sort_keys=False), moves
+
+
 def _build(cls, values: dict, where: str):
     if not isinstance(values, dict):
         raise ValueError(f"config section {where.rstrip('.') or 'top level'} must be a mapping of keys, got "
                          f"{values!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
+    moved = [f"{where}{k} (now {MOVED[where + k]})" for k in unknown if where + k in MOVED]
+    if moved:
+        raise ValueError(f"config key(s) moved: {', '.join(moved)}; `tailfill upgrade-config FILE` rewrites a "
+                         "config in the new layout")
     if unknown:
         raise ValueError(f"unknown config key(s) {', '.join(where + k for k in unknown)}; "
                          f"known: {', '.join(sorted(fields))}")
@@ -318,16 +382,17 @@ RANGES = {
     "generate.guidance_scale": "[0, inf)", "generate.latent_clip": "(0, inf)", "generate.strength": "(0, 1]",
     "generate.mask_dilation": "[0, inf)", "generate.batch_size": "[1, inf)", "generate.shard_size": "[1, inf)",
     "generate.seed": "[0, inf)",
-    "select.k": "[1, inf)", "select.real_quantile": "(0, 1]", "select.keep_fraction": "(0, 1]",
-    "select.min_real_quantile": "[0, 1)", "select.fill_fraction": "[0, inf)",
-    "select.near_duplicate_similarity": "[-1, 1]", "select.judge_size": "[32, inf)",
-    "select.judge_reject_confidence": "(0, 1]", "select.judge_max_confidence": "(0, 1]",
+    "select.k": "[1, inf)", "select.real_quantile": "(0, 1]",
+    "select.near_duplicate_similarity": "[-1, 1]", "select.feature_size": "[32, inf)",
     "classifier.seeds": "[0, inf)", "classifier.input_size": "[8, inf)", "classifier.epochs": "[1, inf)", "classifier.steps_per_epoch": "[1, inf)",
     "classifier.batch_size": "[2, inf)", "classifier.lr": "(0, inf)", "classifier.weight_decay": "[0, inf)",
-    "classifier.synthetic_max_ratio": "[0, inf)", "classifier.synthetic_share": "[0, 1]",
-    "classifier.synthetic_loss_weight": "(0, inf)", "classifier.soft_label_gamma": "[0, inf)",
-    "classifier.head_epochs": "[1, inf)", "classifier.feature_share": "(0, 1]", "classifier.feature_steps": "[1, inf)",
-    "classifier.ema_decay": "(0, 1)",
+    "mixing.share": "[0, 1]",
+    "head.epochs": "[1, inf)", "head.feature_share": "(0, 1]", "head.feature_steps": "[1, inf)",
+    "experimental.keep_fraction": "(0, 1]", "experimental.min_real_quantile": "[0, 1)",
+    "experimental.fill_fraction": "[0, inf)", "experimental.judge_reject_confidence": "(0, 1]",
+    "experimental.judge_max_confidence": "(0, 1]", "experimental.soft_label_gamma": "[0, inf)",
+    "experimental.synthetic_loss_weight": "(0, inf)", "experimental.synthetic_max_ratio": "[0, inf)",
+    "experimental.ema_decay": "(0, 1)",
 }
 
 
@@ -388,7 +453,8 @@ def validate(cfg: Config) -> None:
         check(value in allowed, f"{key}={value!r}; choose from {', '.join(allowed)}")
 
     check_ranges(cfg)
-    d, g, s, c = cfg.data, cfg.generate, cfg.select, cfg.classifier
+    d, g, s, c, x = cfg.data, cfg.generate, cfg.select, cfg.classifier, cfg.experimental
+    mix, head = cfg.mixing, cfg.head
     one_of(d.kind, DATASETS, "data.kind")
     check(d.kind == "demo" or d.root or d.csv, "data.root is required for real data")
     check(d.image_size % 8 == 0, f"data.image_size={d.image_size} must be a multiple of 8")
@@ -408,25 +474,25 @@ def validate(cfg: Config) -> None:
     check(g.context_classes in ("all", "same") or isinstance(g.context_classes, list),
           "generate.context_classes is all, same or a list of classes")
     one_of(s.method, list(SCORERS) + ["none"], "select.method")
-    check(s.min_real_quantile is None or 0 <= s.min_real_quantile < s.real_quantile,
-          "select.min_real_quantile in [0, select.real_quantile) or null")
+    check(x.min_real_quantile is None or 0 <= x.min_real_quantile < s.real_quantile,
+          "experimental.min_real_quantile in [0, select.real_quantile) or null")
     one_of(s.features, FEATURE_EXTRACTORS, "select.features")
-    if s.judge is not None:
-        one_of(s.judge, FEATURE_EXTRACTORS, "select.judge")
+    if x.judge is not None:
+        one_of(x.judge, FEATURE_EXTRACTORS, "experimental.judge")
     nd = s.near_duplicate_similarity
     check(nd == "auto" or (isinstance(nd, (int, float)) and -1 <= nd <= 1),
           "select.near_duplicate_similarity is auto or a cosine similarity in [-1, 1]")
     check(len(c.seeds) > 0, "classifier.seeds must not be empty")
     check(len(c.methods) > 0, "classifier.methods must not be empty")
-    one_of(c.fill_with, ("synthetic", "real"), "classifier.fill_with")
-    for m in c.methods + ([] if c.augmented_method == "best" else [c.augmented_method]):
+    one_of(mix.fill_with, ("synthetic", "real"), "mixing.fill_with")
+    for m in c.methods + ([] if mix.method == "best" else [mix.method]):
         check(m in METHODS, f"unknown classifier method {m!r}; choose from {', '.join(METHODS)}")
-    if c.feature_fill is not None:
-        one_of(c.feature_fill, FEATURE_GENERATORS, "classifier.feature_fill")
-        check(c.retrain_head, "classifier.feature_fill acts in the head re-training: set classifier.retrain_head: true")
-    one_of(c.head_init, ["reset", "keep"], "classifier.head_init")
-    if c.keep is not None:
-        one_of(c.keep, ["best", "last"], "classifier.keep")
+    if head.feature_fill is not None:
+        one_of(head.feature_fill, FEATURE_GENERATORS, "head.feature_fill")
+        check(head.retrain, "head.feature_fill acts in the head re-training: set head.retrain: true")
+    one_of(head.init, ["reset", "keep"], "head.init")
+    if x.keep is not None:
+        one_of(x.keep, ["best", "last"], "experimental.keep")
     for key, mp in (("diffusion", cfg.diffusion.mixed_precision), ("classifier", c.mixed_precision)):
         check(mp is None or mp in ("no", "fp16", "bf16"), f"{key}.mixed_precision is no, fp16, bf16 or null")
     one_of(cfg.diffusion.space, ("pixel", "latent"), "diffusion.space")

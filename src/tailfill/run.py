@@ -25,13 +25,25 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import Config, config_from_dict
+from .config import Config, config_from_dict, upgrade_config
 from .data.prepare import PreparedData
 from .data.rows import NpyRows, save_rows
 from .utils.io import read_json, read_table, write_csv, write_json, write_text
 from .utils.training import Tracking, process_info, resolve_device
 
 log = logging.getLogger(__name__)
+
+
+def saved_config(path: Path) -> dict:
+    """A run directory's ``config.yaml`` as a mapping in today's layout: keys that have moved since it was
+    written (``config.MOVED``) are read at their new place."""
+    import yaml
+
+    values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    moves = upgrade_config(values)
+    if moves:
+        log.debug("%s: read in the new layout (%s)", path, ", ".join(f"{a} -> {b}" for a, b in moves))
+    return values
 
 
 class RunDirError(RuntimeError):
@@ -172,9 +184,7 @@ class Run:
         if not path.is_file():
             raise RunDirError(f"{run_dir} is not a tailfill run directory (no config.yaml); start one with "
                               "`tailfill run` or `tailfill prepare --config FILE`")
-        import yaml
-
-        cfg = config_from_dict(yaml.safe_load(path.read_text(encoding="utf-8")))
+        cfg = config_from_dict(saved_config(path))
         cfg.run_dir = str(run_dir)
         return cls(cfg)
 
@@ -203,9 +213,7 @@ class Run:
 
     def config_changes(self) -> list[str]:
         """The top-level config keys in which the saved ``config.yaml`` differs from this run's config."""
-        import yaml
-
-        saved = yaml.safe_load(self.paths.config.read_text(encoding="utf-8"))
+        saved = saved_config(self.paths.config)
         saved["run_dir"] = self.cfg.run_dir
         # compare typed: a key added to the config since the run started takes its default
         current = self.cfg.to_dict()

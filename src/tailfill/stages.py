@@ -54,7 +54,7 @@ def _train_and_save(run: Run, kind: str, method: str, seed: int, train, extra: d
         return  # done in an earlier, interrupted run
     d = run.data
     val, test, test_frame = _val_test(run)
-    fit = fit_and_score(train, val, test, d.classes, method, run.cfg.classifier, seed, run.device,
+    fit = fit_and_score(train, val, test, d.classes, method, run.cfg, seed, run.device,
                         run.tracking)
     if not process_info().is_main:
         return
@@ -241,7 +241,8 @@ def select(run: Run) -> None:
     model, synthetic, labels = feature_model(run), load_synthetic(run.paths.synthetic, manifest), manifest["label"].to_numpy()
     table, calibration = select_synthetic(
         model, (tr.images, tr.labels), (va.images, va.labels), synthetic, labels,
-        manifest["context_index"].to_numpy(), deficits(run), run.cfg.select, run.data.classes)
+        manifest["context_index"].to_numpy(), deficits(run), run.cfg.select, run.data.classes,
+        run.cfg.experimental)
     table["predicted_class"], calibration["fidelity"] = class_fidelity(model, synthetic, labels, va, run.data.classes)
     calibration["feature_model"] = feature_model_quality(run)
     write_json(run.paths.calibration, calibration)
@@ -260,20 +261,21 @@ def train_augmented(run: Run) -> None:
     from .generator.generate import load_synthetic
 
     t0 = time.time()
-    cfg = run.cfg.classifier
-    method = best_baseline(run) if cfg.augmented_method == "best" else cfg.augmented_method
+    mix = run.cfg.mixing
+    method = best_baseline(run) if mix.method == "best" else mix.method
     tr = run.data.split("train")
-    if cfg.fill_with == "real":  # the control: each class's deficit filled with its own real images, repeated
+    if mix.fill_with == "real":  # the control: each class's deficit filled with its own real images, repeated
         train = with_repeated_real(tr.images, tr.labels, deficits(run), run.cfg.seed)
         added = {"synthetic_images": 0, "repeated_real": len(train.labels) - len(tr.labels)}
     else:
         table = read_table(run.paths.selection)
         used = table[table["used"].astype(bool)].reset_index(drop=True) if len(table) else table
         train = with_synthetic(tr.images, tr.labels, load_synthetic(run.paths.synthetic, used) if len(used) else None,
-                               used["label"].to_numpy() if len(used) else np.zeros(0, int), cfg.synthetic_max_ratio,
-                               **synthetic_labels(used, run.data.classes, cfg))
+                               used["label"].to_numpy() if len(used) else np.zeros(0, int),
+                               run.cfg.experimental.synthetic_max_ratio,
+                               **synthetic_labels(used, run.data.classes, run.cfg.experimental))
         added = {"synthetic_images": int(train.synthetic.sum())}
-    for seed in cfg.seeds:
+    for seed in run.cfg.classifier.seeds:
         _train_and_save(run, "augmented", method, seed, train, added)
     run.mark("train-augmented", t0, method=method, **added)
 
@@ -312,7 +314,7 @@ def report(run: Run) -> None:
 
 # stages that only the main process runs under `accelerate launch`; the others share the work
 MAIN_ONLY = {"prepare", "select", "evaluate", "report"}
-# what the real-oversampling control (classifier.fill_with: real) skips: it needs no generator
+# what the real-oversampling control (mixing.fill_with: real) skips: it needs no generator
 GENERATOR_STAGES = ("train-autoencoder", "train-diffusion", "generate", "select")
 
 
@@ -322,9 +324,9 @@ def run_stage(run: Run, stage: str, force: bool = False) -> None:
         log.info("stage %s: already done, skipping", stage)
         return
     log.info("stage %s ...", stage)
-    if stage in GENERATOR_STAGES and run.cfg.classifier.fill_with == "real":
+    if stage in GENERATOR_STAGES and run.cfg.mixing.fill_with == "real":
         if proc.is_main:
-            run.mark(stage, time.time(), skipped="classifier.fill_with: real (the control needs no generator)")
+            run.mark(stage, time.time(), skipped="mixing.fill_with: real (the control needs no generator)")
         proc.barrier()
         return
     if stage in MAIN_ONLY:

@@ -8,7 +8,7 @@ from tailfill.classifier.methods import METHODS
 from tailfill.classifier.model import TrainedClassifier
 from tailfill.classifier.train import train_classifier
 from tailfill.classifier.mixing import draw_probabilities
-from tailfill.config import ClassifierConfig
+from conftest import fit_config
 from tailfill.evaluation.metrics import balanced_accuracy
 
 
@@ -48,7 +48,7 @@ def _blobs(rng, n, size=16):
 def test_training_learns_and_roundtrips(tmp_path, rng, method):
     x, y = _blobs(rng, 120)
     vx, vy = _blobs(rng, 60)
-    cfg = ClassifierConfig(backbone="resnet10t", epochs=4, batch_size=32, lr=3e-3)
+    cfg = fit_config(backbone="resnet10t", epochs=4, batch_size=32, lr=3e-3)
     model = train_classifier(x, y, vx, vy, ["a", "b", "c"], method, cfg, seed=0, device="cpu")
     proba = model.predict_proba(vx)
     assert np.allclose(proba.sum(1), 1)
@@ -62,7 +62,7 @@ def test_training_learns_and_roundtrips(tmp_path, rng, method):
 def test_every_method_is_known_and_unknown_rejected(rng):
     x, y = _blobs(rng, 20)
     with pytest.raises(ValueError, match="unknown method"):
-        train_classifier(x, y, x, y, ["a", "b", "c"], "magic", ClassifierConfig(), device="cpu")
+        train_classifier(x, y, x, y, ["a", "b", "c"], "magic", fit_config(), device="cpu")
     assert {"ce", "balanced_sampling", "focal", "cb_focal", "ldam_drw", "logit_adjust", "balanced_softmax"} <= set(METHODS)
 
 
@@ -73,7 +73,7 @@ def test_saved_classifier_loads_into_a_plain_timm_model(tmp_path, rng, method):
     import timm
 
     x, y = _blobs(rng, 60)
-    cfg = ClassifierConfig(backbone="resnet10t", epochs=1, batch_size=32)
+    cfg = fit_config(backbone="resnet10t", epochs=1, batch_size=32)
     model = train_classifier(x, y, x, y, ["a", "b", "c"], method, cfg, seed=0, device="cpu")
     model.save(tmp_path, "resnet10t")
     info = json.loads((tmp_path / "config.json").read_text())
@@ -96,7 +96,7 @@ def test_input_size_resizes_before_the_network_and_travels_with_the_weights(tmp_
     import json
 
     x, y = _blobs(rng, 60, size=16)
-    cfg = ClassifierConfig(backbone="resnet10t", epochs=1, batch_size=32, input_size=32)
+    cfg = fit_config(backbone="resnet10t", epochs=1, batch_size=32, input_size=32)
     model = train_classifier(x, y, x, y, ["a", "b", "c"], "ce", cfg, seed=0, device="cpu")
     assert model.model.preprocess(x[:2]).shape == (2, 3, 32, 32)
     seen = []
@@ -111,7 +111,7 @@ def test_input_size_resizes_before_the_network_and_travels_with_the_weights(tmp_
     assert again.model.input_size == 32 and again.input_size == 16
     np.testing.assert_allclose(again.logits(x), model.logits(x), atol=1e-4)
     # without the option the network sees the images as they come, and a reload does not resize them
-    plain = train_classifier(x, y, x, y, ["a", "b", "c"], "ce", ClassifierConfig(backbone="resnet10t", epochs=1),
+    plain = train_classifier(x, y, x, y, ["a", "b", "c"], "ce", fit_config(backbone="resnet10t", epochs=1),
                              seed=0, device="cpu")
     plain.save(tmp_path / "plain", "resnet10t")
     assert TrainedClassifier.load(tmp_path / "plain").model.input_size is None
@@ -141,7 +141,7 @@ def test_tta_averages_the_eight_views_and_travels_with_the_weights(tmp_path, rng
 
     x, y = _blobs(rng, 60, size=16)
     x[:, :8] = 0  # the top half dark: a lesion's orientation changes what the network sees
-    cfg = ClassifierConfig(backbone="resnet10t", epochs=1, batch_size=32, tta=True)
+    cfg = fit_config(backbone="resnet10t", epochs=1, batch_size=32, tta=True)
     fit = fit_and_score(TrainingSet.real(x, y), (x, y), (x[:20], y[:20]), ["a", "b", "c"], "ce", cfg, 0, "cpu")
     model = fit.model
     assert model.tta
@@ -186,14 +186,14 @@ def test_keep_last_keeps_the_final_weights_and_best_the_best_epoch(rng, ema_deca
     vy[:10] = (vy[:10] + 1) % 3  # noisy labels: the validation score moves from epoch to epoch
     kept = {}
     for keep in ("best", "last"):
-        cfg = ClassifierConfig(backbone="resnet10t", epochs=4, batch_size=32, lr=3e-3, ema_decay=ema_decay, keep=keep)
+        cfg = fit_config(backbone="resnet10t", epochs=4, batch_size=32, lr=3e-3, experimental=dict(ema_decay=ema_decay, keep=keep))
         model = train_classifier(x, y, vx, vy, ["a", "b", "c"], "ce", cfg, seed=0, device="cpu")
         scores = [h["val_balanced_accuracy"] for h in model.history]
         now = balanced_accuracy(vy, model.logits(vx).argmax(1), 3)
         assert now == pytest.approx(max(scores) if keep == "best" else scores[-1])
         kept[keep] = model.model.state_dict()
     if ema_decay:  # the same training: averaged weights differ from the last step's
-        cfg = ClassifierConfig(backbone="resnet10t", epochs=4, batch_size=32, lr=3e-3, keep="last")
+        cfg = fit_config(backbone="resnet10t", epochs=4, batch_size=32, lr=3e-3, experimental=dict(keep="last"))
         plain = train_classifier(x, y, vx, vy, ["a", "b", "c"], "ce", cfg, seed=0, device="cpu").model.state_dict()
         assert not torch.allclose(plain["head.weight"], kept["last"]["head.weight"])
 
@@ -201,11 +201,13 @@ def test_keep_last_keeps_the_final_weights_and_best_the_best_epoch(rng, ema_deca
 def test_weight_average_and_keep_are_checked():
     from tailfill.config import load_config
 
-    with pytest.raises(ValueError, match="classifier.ema_decay"):
-        load_config(None, ["classifier.ema_decay=1.5"])
-    with pytest.raises(ValueError, match="classifier.keep"):
-        load_config(None, ["classifier.keep=first"])
-    c = load_config(None, ["classifier.ema_decay=0.98", "classifier.keep=last"]).classifier
+    with pytest.raises(ValueError, match="experimental.ema_decay"):
+        load_config(None, ["experimental.ema_decay=1.5"])
+    with pytest.raises(ValueError, match="experimental.keep"):
+        load_config(None, ["experimental.keep=first"])
+    with pytest.raises(ValueError, match=r"classifier.ema_decay \(now experimental.ema_decay\)"):
+        load_config(None, ["classifier.ema_decay=0.98"])  # an old config: the error names the new key
+    c = load_config(None, ["experimental.ema_decay=0.98", "experimental.keep=last"]).experimental
     assert (c.ema_decay, c.keep) == (0.98, "last")
 
 
@@ -220,11 +222,11 @@ def test_steps_per_epoch_is_a_fixed_budget_drawn_by_the_methods_sampler(rng, mon
     y = np.repeat([0, 1, 2], [200, 20, 4])
     x = _blobs(rng, len(y))[0]
     vx, vy = _blobs(rng, 12)
-    cfg = ClassifierConfig(backbone="resnet10t", epochs=2, batch_size=16, steps_per_epoch=5)
+    cfg = fit_config(backbone="resnet10t", epochs=2, batch_size=16, steps_per_epoch=5)
     model = train_classifier(x, y, vx, vy, ["a", "b", "c"], method, cfg, seed=0, device="cpu")
     assert seen == [16] * 10 and len(model.history) == 2  # not ceil(224 / 16) = 14 a pass
     seen.clear()
-    train_classifier(x, y, vx, vy, ["a", "b", "c"], method, ClassifierConfig(backbone="resnet10t", epochs=1,
+    train_classifier(x, y, vx, vy, ["a", "b", "c"], method, fit_config(backbone="resnet10t", epochs=1,
                                                                              batch_size=16), seed=0, device="cpu")
     assert len(seen) == 14  # null: one pass over the training images
 

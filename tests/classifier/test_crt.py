@@ -6,7 +6,9 @@ import numpy as np
 from tailfill.classifier.model import TrainedClassifier
 from tailfill.classifier.crt import retrain_head, retrain_head_on_real
 from tailfill.classifier.train import train_classifier
-from tailfill.config import ClassifierConfig
+from tailfill.config import HeadConfig
+
+from conftest import fit_config
 
 from test_classify import _blobs
 
@@ -15,8 +17,8 @@ def test_classifier_trains_with_synthetic_share_weight_and_crt(rng):
     vx, vy = _blobs(rng, 60)
     synthetic = np.zeros(len(y), bool)
     synthetic[::3] = True
-    cfg = ClassifierConfig(backbone="resnet10t", epochs=3, batch_size=32, lr=3e-3, synthetic_share=0.3,
-                           synthetic_loss_weight=0.5, retrain_head=True, head_epochs=3)
+    cfg = fit_config(backbone="resnet10t", epochs=3, batch_size=32, lr=3e-3, mixing=dict(share=0.3),
+                     experimental=dict(synthetic_loss_weight=0.5), head=dict(retrain=True, epochs=3))
     model = train_classifier(x, y, vx, vy, ["a", "b", "c"], "balanced_sampling", cfg, seed=0, device="cpu",
                              synthetic=synthetic)
     assert [h["epoch"] for h in model.history][-3:] == ["head 1", "head 2", "head 3"]
@@ -30,8 +32,8 @@ def test_crt_in_two_steps_from_a_saved_first_stage_is_crt_in_one(rng, tmp_path):
     vx, vy = _blobs(rng, 45)
     synthetic = np.zeros(len(y), bool)
     synthetic[::4] = True
-    cfg = ClassifierConfig(backbone="resnet10t", epochs=2, batch_size=32, lr=3e-3, head_epochs=3)
-    crt = dataclasses.replace(cfg, retrain_head=True)
+    cfg = fit_config(backbone="resnet10t", epochs=2, batch_size=32, lr=3e-3, head=dict(epochs=3))
+    crt = dataclasses.replace(cfg, head=HeadConfig(epochs=3, retrain=True))
     one_go = train_classifier(x, y, vx, vy, ["a", "b", "c"], "balanced_sampling", crt, seed=2, device="cpu",
                               synthetic=synthetic)
     first = train_classifier(x, y, vx, vy, ["a", "b", "c"], "balanced_sampling", cfg, seed=2, device="cpu",
@@ -50,7 +52,7 @@ def test_crt_in_two_steps_from_a_saved_first_stage_is_crt_in_one(rng, tmp_path):
 def test_crt_never_ends_worse_on_validation_than_the_head_it_replaces(rng):
     x, y = _blobs(rng, 90)
     vx, vy = _blobs(rng, 45)
-    cfg = ClassifierConfig(backbone="resnet10t", epochs=2, batch_size=32, lr=3e-3, head_epochs=2)
+    cfg = fit_config(backbone="resnet10t", epochs=2, batch_size=32, lr=3e-3, head=dict(epochs=2))
     model = train_classifier(x, y, vx, vy, ["a", "b", "c"], "ce", cfg, seed=1, device="cpu")
     before = np.mean([np.mean(model.predict_proba(vx).argmax(1)[vy == c] == c) for c in range(3)])
     retrain_head(model, x, y, vx, vy, cfg, seed=1)

@@ -1,9 +1,10 @@
-"""Generated feature vectors for the head re-training (classifier.feature_fill, LDMLR and its Gaussian control)."""
+"""Generated feature vectors for the head re-training (head.feature_fill, LDMLR and its Gaussian control)."""
 import numpy as np
 import pytest
 
 from tailfill.classifier.train import train_classifier
-from tailfill.config import ClassifierConfig, config_from_dict
+from conftest import fit_config
+from tailfill.config import HeadConfig, config_from_dict
 from tailfill.classifier.feature_fill import FeatureDiffusion, GaussianFeatures, feature_generator, fill_features
 from tailfill.classifier.methods import FEATURE_GENERATORS
 from tailfill.utils.training import TrainingDivergedError
@@ -50,31 +51,31 @@ def test_feature_diffusion_stays_in_the_range_of_the_real_features(rng):
 def test_feature_fill_runs_in_the_head_retraining_and_is_checked_at_load(rng):
     x, y = _blobs(rng, 120)
     vx, vy = _blobs(rng, 60)
-    cfg = ClassifierConfig(backbone="resnet10t", epochs=2, batch_size=32, lr=3e-3, retrain_head=True, head_epochs=2,
-                           feature_fill="gaussian", feature_share=0.3)
+    cfg = fit_config(backbone="resnet10t", epochs=2, batch_size=32, lr=3e-3,
+                     head=dict(retrain=True, epochs=2, feature_fill="gaussian", feature_share=0.3))
     model = train_classifier(x, y, vx, vy, ["a", "b", "c"], "balanced_sampling", cfg, seed=0, device="cpu")
     assert [h["epoch"] for h in model.history][-2:] == ["head 1", "head 2"]
     assert np.mean(model.predict_proba(vx).argmax(1) == vy) > 0.8
-    with pytest.raises(ValueError, match="classifier.retrain_head"):
-        config_from_dict({"classifier": {"feature_fill": "diffusion"}})
-    with pytest.raises(ValueError, match="classifier.feature_fill"):
-        config_from_dict({"classifier": {"feature_fill": "vae", "retrain_head": True}})
-    with pytest.raises(ValueError, match="classifier.feature_share"):
-        config_from_dict({"classifier": {"feature_share": 0}})
-    with pytest.raises(ValueError, match="unknown classifier.feature_fill 'gan'"):
-        feature_generator(ClassifierConfig(feature_fill="gan"))
+    with pytest.raises(ValueError, match="head.retrain"):
+        config_from_dict({"head": {"feature_fill": "diffusion"}})
+    with pytest.raises(ValueError, match="head.feature_fill"):
+        config_from_dict({"head": {"feature_fill": "vae", "retrain": True}})
+    with pytest.raises(ValueError, match="head.feature_share"):
+        config_from_dict({"head": {"feature_share": 0}})
+    with pytest.raises(ValueError, match="unknown head.feature_fill 'gan'"):
+        feature_generator(HeadConfig(feature_fill="gan"))
 
 
 def test_feature_generator_builds_the_registered_class_from_the_config(monkeypatch):
-    gen = feature_generator(ClassifierConfig(feature_fill="diffusion", feature_steps=7))
+    gen = feature_generator(HeadConfig(feature_fill="diffusion", feature_steps=7))
     assert type(gen) is FeatureDiffusion and gen.steps == 7
-    assert type(feature_generator(ClassifierConfig(feature_fill="gaussian"))) is GaussianFeatures
+    assert type(feature_generator(HeadConfig(feature_fill="gaussian"))) is GaussianFeatures
 
     class Shrunk(GaussianFeatures):  # a generator added to the registry is built by name, nothing else to touch
         pass
 
     monkeypatch.setitem(FEATURE_GENERATORS, "shrunk", Shrunk)
-    assert type(feature_generator(ClassifierConfig(feature_fill="shrunk"))) is Shrunk
+    assert type(feature_generator(HeadConfig(feature_fill="shrunk"))) is Shrunk
 
 
 def test_a_diverging_feature_diffusion_stops_with_a_clear_error_and_bad_features_are_named(rng):
@@ -95,15 +96,16 @@ def test_head_init_keep_fine_tunes_the_trained_head_where_crt_starts_afresh(rng)
 
     x, y = _blobs(rng, 120)
     vx, vy = _blobs(rng, 60)
-    cfg = ClassifierConfig(backbone="resnet10t", epochs=3, batch_size=32, lr=3e-3)
+    cfg = fit_config(backbone="resnet10t", epochs=3, batch_size=32, lr=3e-3)
     model = train_classifier(x, y, vx, vy, ["a", "b", "c"], "balanced_sampling", cfg, seed=0, device="cpu")
     trained = balanced_accuracy(vy, model.predict_proba(vx).argmax(1), 3)
     assert trained > 0.8
     # a step too small to move anything: the first head epoch scores what the head it started from scores
-    still = dataclasses.replace(cfg, lr=1e-12, head_epochs=1, retrain_head=True)
-    kept = retrain_head(copy.deepcopy(model), x, y, vx, vy, dataclasses.replace(still, head_init="keep"), seed=0)
+    still = fit_config(backbone="resnet10t", batch_size=32, lr=1e-12, head=dict(epochs=1, retrain=True))
+    kept = retrain_head(copy.deepcopy(model), x, y, vx, vy,
+                        dataclasses.replace(still, head=HeadConfig(epochs=1, retrain=True, init="keep")), seed=0)
     reset = retrain_head(copy.deepcopy(model), x, y, vx, vy, still, seed=0)
     assert kept.history[-1]["val_balanced_accuracy"] == pytest.approx(trained)
     assert reset.history[-1]["val_balanced_accuracy"] < 0.7  # a fresh head, near chance
-    with pytest.raises(ValueError, match="classifier.head_init"):
-        config_from_dict({"classifier": {"head_init": "warm"}})
+    with pytest.raises(ValueError, match="head.init"):
+        config_from_dict({"head": {"init": "warm"}})

@@ -7,7 +7,8 @@ import torch
 
 from tailfill.classifier.losses import LongTailLoss
 from tailfill.classifier.train import train_classifier
-from tailfill.config import ClassifierConfig
+from conftest import fit_config
+from tailfill.config import ExperimentalConfig, MixingConfig
 from tailfill.classifier.mixing import (cap_per_class, draw_probabilities, with_repeated_real,
                                         with_synthetic)
 
@@ -53,12 +54,12 @@ def test_a_loss_prior_from_real_images_only_when_synthetic_images_do_not_rebalan
     synthetic = np.zeros(len(y), bool)
     synthetic[np.flatnonzero(y == 2)[: (y == 2).sum() // 2]] = True  # half of class 2 is synthetic
     real = np.bincount(y[~synthetic], minlength=3)
-    cfg = ClassifierConfig(backbone="resnet10t", epochs=1, batch_size=32, lr=3e-3, synthetic_rebalances=False)
+    cfg = fit_config(backbone="resnet10t", epochs=1, batch_size=32, lr=3e-3, mixing=dict(rebalances=False))
     kept = train_classifier(x, y, vx, vy, ["a", "b", "c"], "logit_adjust_posthoc", cfg, seed=0, device="cpu",
                             synthetic=synthetic)
     np.testing.assert_allclose(kept.log_prior, np.log(real / real.sum()))
     counted = train_classifier(x, y, vx, vy, ["a", "b", "c"], "logit_adjust_posthoc",
-                               dataclasses.replace(cfg, synthetic_rebalances=True), seed=0, device="cpu",
+                               dataclasses.replace(cfg, mixing=MixingConfig(rebalances=True)), seed=0, device="cpu",
                                synthetic=synthetic)
     np.testing.assert_allclose(counted.log_prior, np.log(np.bincount(y) / len(y)))
 
@@ -94,10 +95,10 @@ def test_soft_labels_of_translated_images():
 
     np.testing.assert_allclose(translation_weight([1.0, 0.49, 0.0], 0.5), [1.0, 0.7, 0.0])
     used = pd.DataFrame({"label": [2, 2], "source_class": ["a", "c"], "strength": [0.49, 1.0]})
-    cfg = ClassifierConfig(soft_labels=True)
+    cfg = ExperimentalConfig(soft_labels=True)
     soft = synthetic_labels(used, ["a", "b", "c"], cfg)
     assert soft["source_labels"].tolist() == [0, 2] and np.allclose(soft["target_weight"], [0.7, 1.0])
-    assert synthetic_labels(used, ["a", "b", "c"], ClassifierConfig()) == {}
+    assert synthetic_labels(used, ["a", "b", "c"], ExperimentalConfig()) == {}
     x = np.zeros((3, 2, 2, 3), np.uint8)
     train = with_synthetic(x, np.array([0, 1, 2]), x[:2], np.array([2, 2]), **soft)
     src, lam = train.soft_labels()
@@ -114,7 +115,7 @@ def test_classifier_trains_on_soft_labels(rng):
     x, y = _blobs(rng, 90)
     vx, vy = _blobs(rng, 30)
     lam = np.where(np.arange(90) % 4 == 0, 0.6, 1.0)
-    cfg = ClassifierConfig(backbone="resnet10t", epochs=3, batch_size=32, lr=3e-3)
+    cfg = fit_config(backbone="resnet10t", epochs=3, batch_size=32, lr=3e-3)
     model = train_classifier(x, y, vx, vy, ["a", "b", "c"], "ce", cfg, seed=0, device="cpu",
                              soft_labels=((y + 1) % 3, lam))
     assert np.mean(model.predict_proba(vx).argmax(1) == vy) > 0.8

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from tailfill.classifier.train import train_classifier
-from tailfill.config import ClassifierConfig
+from conftest import fit_config
 from tailfill.data import build_cache
 from tailfill.data.rows import ConcatRows, NpyRows, concat_rows, save_rows, take_rows
 from tailfill.classifier.mixing import TrainingSet
@@ -114,7 +114,7 @@ def test_training_on_rows_on_disk_gives_the_same_model(tmp_path, rng):
     y = np.repeat([0, 1, 2], 16)
     np.save(tmp_path / "x.npy", x)
     synth = rng.integers(0, 256, (6, 16, 16, 3), dtype=np.uint8)
-    cfg = ClassifierConfig(backbone="resnet10t", epochs=1, batch_size=16, lr=1e-3, retrain_head=True, head_epochs=1)
+    cfg = fit_config(backbone="resnet10t", epochs=1, batch_size=16, lr=1e-3, head=dict(retrain=True, epochs=1))
     fits = []
     for images in (x, NpyRows(tmp_path / "x.npy")):
         train = TrainingSet.real(images, y).add(synth, np.array([2] * 6))

@@ -90,7 +90,7 @@ def test_safe_join_refuses_escapes(tmp_path):
 
 def test_values_are_checked_against_field_types_at_load():
     cfg = load_config(overrides=["classifier.lr=1e-3", "select.near_duplicate_similarity=0.9",
-                                 "classifier.synthetic_share=null", "generate.target=120"])
+                                 "mixing.share=null", "generate.target=120"])
     assert isinstance(cfg.classifier.lr, float) and cfg.classifier.lr == 1e-3  # YAML 1.1 reads 1e-3 as a string
     assert cfg.select.near_duplicate_similarity == 0.9 and cfg.generate.target == 120
     with pytest.raises(ValueError, match="classifier.epochs: expected int, got 'ten'"):
@@ -99,3 +99,62 @@ def test_values_are_checked_against_field_types_at_load():
         load_config(overrides=["classifier.pretrained=maybe"])
     with pytest.raises(ValueError, match="classifier.seeds"):
         load_config(overrides=["classifier.seeds=3"])
+
+
+def test_an_old_config_names_the_new_key_and_upgrade_config_rewrites_it(tmp_path, capsys):
+    """Every moved key (config.MOVED) is refused under its old name with its new one in the message; a saved
+    run config is read in the new layout; ``tailfill upgrade-config`` prints a file that loads."""
+    from tailfill.cli import main
+    from tailfill.config import MOVED, config_from_dict, upgrade_config
+
+    default = Config().to_dict()
+    for old, new in MOVED.items():
+        (o_sec, o_key), (n_sec, n_key) = old.split("."), new.split(".")
+        value = default[n_sec][n_key]
+        with pytest.raises(ValueError, match=rf"{old} \(now {new}\)"):
+            config_from_dict({o_sec: {o_key: value}})
+        values = {o_sec: {o_key: value}}
+        assert upgrade_config(values) == [(old, new)] and values[n_sec] == {n_key: value}
+    old_file = tmp_path / "old.yaml"
+    write_text(old_file, "classifier:\n  epochs: 3\n  synthetic_share: 0.5\n  retrain_head: true\n"
+                         "select:\n  keep_fraction: 0.5\n  judge_size: 128\n")
+    with pytest.raises(ValueError, match=r"classifier.retrain_head \(now head.retrain\).*upgrade-config"):
+        load_config(old_file)
+    assert main(["upgrade-config", str(old_file)]) == 0
+    out, err = capsys.readouterr()
+    assert "moved classifier.synthetic_share -> mixing.share" in err
+    new_file = tmp_path / "new.yaml"
+    write_text(new_file, out)
+    cfg = load_config(new_file)
+    assert (cfg.classifier.epochs, cfg.mixing.share, cfg.head.retrain) == (3, 0.5, True)
+    assert (cfg.experimental.keep_fraction, cfg.select.feature_size) == (0.5, 128)
+
+
+def test_a_run_saved_in_the_old_layout_opens_and_resumes_unchanged(tmp_path):
+    import yaml
+
+    from tailfill.run import Run
+
+    cfg = load_config(overrides=[f"run_dir={tmp_path / 'run'}", "mixing.share=0.5", "head.retrain=true"])
+    run = Run(cfg)
+    run.initialise()
+    saved = yaml.safe_load(run.paths.config.read_text())  # as a run of the old layout wrote it
+    saved["classifier"].update(synthetic_share=saved.pop("mixing")["share"], retrain_head=saved["head"].pop("retrain"))
+    write_text(run.paths.config, yaml.safe_dump(saved))
+    opened = Run.open(run.dir)
+    assert opened.cfg.mixing.share == 0.5 and opened.cfg.head.retrain
+    assert run.config_changes() == []
+    run.initialise(resume=True)  # no "config differs" error
+
+
+def test_the_archived_ham10000_record_resumes_without_recomputing_a_finished_run():
+    """docs/benchmarks/ham10000/sweep was written before the config moved keys: each finished run's saved
+    config must read as today's, or a resumed sweep would compute it again."""
+    from tailfill.run import Run
+    from tailfill.sweep import SweepSpec
+
+    record = REPO / "docs" / "benchmarks" / "ham10000" / "sweep"
+    spec = SweepSpec.load(REPO / "benchmarks" / "sweep_ham10000.yaml", str(record))
+    finished = [Run(cfg) for name in spec.variants for _, _, cfg in spec.runs(name) if Run(cfg).paths.results.is_file()]
+    assert len(finished) >= 5
+    assert {str(r.dir): r.config_changes() for r in finished} == {str(r.dir): [] for r in finished}

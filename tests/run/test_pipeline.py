@@ -229,7 +229,7 @@ def test_generation_shards_split_across_processes(finished_run, tmp_path):
 
 
 def test_augmented_training_caps_synthetic_images_per_class(finished_run, tmp_path):
-    """classifier.synthetic_max_ratio (this broke with pandas 3, whose groupby.apply drops the key column)."""
+    """experimental.synthetic_max_ratio (this broke with pandas 3, whose groupby.apply drops the key column)."""
     import shutil
 
     from tailfill.utils.io import write_text
@@ -239,7 +239,7 @@ def test_augmented_training_caps_synthetic_images_per_class(finished_run, tmp_pa
     copy = tmp_path / "run"
     shutil.copytree(finished_run[0], copy)
     run = Run.open(copy)
-    run.cfg.classifier.synthetic_max_ratio = 0.5
+    run.cfg.experimental.synthetic_max_ratio = 0.5
     run.cfg.classifier.epochs = 1
     write_text(run.paths.config, run.cfg.to_yaml())
     shutil.rmtree(run.paths.classifiers / "augmented")

@@ -28,17 +28,17 @@ def test_stage_keys_follow_exactly_what_a_stage_reads():
         assert stage_key(a, stage) == stage_key(b, stage)  # upstream of generation: shared
     assert stage_key(a, "generate") != stage_key(b, "generate")
     assert stage_key(a, "train-baseline", "ce", 0) == stage_key(b, "train-baseline", "ce", 0)
-    c = load_config(overrides=["classifier.synthetic_share=0.5"])  # acts on synthetic images only
+    c = load_config(overrides=["mixing.share=0.5"])  # acts on synthetic images only
     assert stage_key(a, "train-baseline", "ce", 0) == stage_key(c, "train-baseline", "ce", 0)
     assert stage_key(load_config(), "train-augmented", "ce", 0, "ce") != stage_key(c, "train-augmented", "ce", 0, "ce")
     more_seeds = load_config(overrides=["classifier.seeds=[0, 1, 2]"])  # a new seed leaves the others' keys alone
     assert stage_key(more_seeds, "train-augmented", "ce", 0, "ce") == stage_key(load_config(), "train-augmented", "ce", 0, "ce")
     assert stage_key(a, "select", feature="ce") != stage_key(a, "select", feature="logit_adjust")
     # the real-oversampling control reads no generator: its fits do not move with generator settings
-    ra, rb = (load_config(overrides=[o, "classifier.fill_with=real"]) for o in ("diffusion.train_steps=10",
+    ra, rb = (load_config(overrides=[o, "mixing.fill_with=real"]) for o in ("diffusion.train_steps=10",
                                                                                 "generate.guidance_scale=1.0"))
     assert stage_key(ra, "train-augmented", "ce", 0, "ce") == stage_key(rb, "train-augmented", "ce", 0, "ce")
-    rc = load_config(overrides=["generate.target=50", "classifier.fill_with=real"])  # another deficit
+    rc = load_config(overrides=["generate.target=50", "mixing.fill_with=real"])  # another deficit
     assert stage_key(ra, "train-augmented", "ce", 0, "ce") != stage_key(rc, "train-augmented", "ce", 0, "ce")
     d = load_config(overrides=["data.workers=1"])  # how fast, not what
     assert stage_key(load_config(), "prepare") == stage_key(d, "prepare")
@@ -178,7 +178,7 @@ def test_compare_pairs_each_synthetic_row_with_the_strongest_real_row_of_its_set
 def test_shipped_sweep_specs_load_with_their_controls(path, monkeypatch):
     monkeypatch.chdir(path.parents[1])  # their base paths are relative to the repository root
     spec = SweepSpec.load(path)
-    assert "real_oversample" in spec.variants and spec.config("real_oversample").classifier.fill_with == "real"
+    assert "real_oversample" in spec.variants and spec.config("real_oversample").mixing.fill_with == "real"
     assert all(spec.runs(name) for name in spec.variants)
 
 

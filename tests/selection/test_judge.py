@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tailfill.config import Config, SelectConfig, validate
+from tailfill.config import Config, ExperimentalConfig, SelectConfig, validate
 from tailfill.selection.judge import FidelityJudge
 from tailfill.selection.selector import select_synthetic
 
@@ -42,23 +42,23 @@ def test_select_with_judge_makes_wrongly_looking_images_ineligible_and_unused():
     # six synthetic class-2 images: three look like class 2, three like class 0
     synth = np.concatenate([centres[2] + rng.normal(size=(3, 6)) * 0.3, centres[0] + rng.normal(size=(3, 6)) * 0.3])
     synth_y = np.full(6, 2)
-    cfg = SelectConfig(method="none", judge="classifier")
     table, cal = select_synthetic(FeaturesAreImages(), (feats, labels), (val, val_y), synth, synth_y,
-                                  np.full(6, -1), {2: 6}, cfg, ["a", "b", "c"])
+                                  np.full(6, -1), {2: 6}, SelectConfig(method="none"), ["a", "b", "c"],
+                                  ExperimentalConfig(judge="classifier"))
     assert table["eligible"].tolist() == [True] * 3 + [False] * 3
     assert set(table["reason"].iloc[3:]) == {"judged_other_class"}
     assert table["used"].tolist() == [True] * 3 + [False] * 3
     assert cal["judge_val_balanced_accuracy"] > 0.9
     without = select_synthetic(FeaturesAreImages(), (feats, labels), (val, val_y), synth, synth_y, np.full(6, -1),
-                               {2: 6}, SelectConfig(method="none"), ["a", "b", "c"])[0]
+                               {2: 6}, SelectConfig(method="none"), ["a", "b", "c"], ExperimentalConfig())[0]
     assert without["used"].all()  # the judge, not something else, removed them
 
 
 def test_judge_settings_are_validated():
     cfg = Config()
-    cfg.select.judge = "oracle"
-    with pytest.raises(ValueError, match="select.judge"):
+    cfg.experimental.judge = "oracle"
+    with pytest.raises(ValueError, match="experimental.judge"):
         validate(cfg)
-    cfg.select.judge, cfg.select.features = None, "imagenet"
+    cfg.experimental.judge, cfg.select.features = None, "imagenet"
     with pytest.raises(ValueError, match="select.features"):
         validate(cfg)

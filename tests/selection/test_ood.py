@@ -4,7 +4,7 @@ import pytest
 
 from tailfill.selection.scorers import KNNScorer, MahalanobisScorer, build_scorer, realism_auroc
 from tailfill.selection.selector import OODSelector, choose_for_deficits, select_synthetic
-from tailfill.config import SelectConfig
+from tailfill.config import ExperimentalConfig, SelectConfig
 
 
 def gaussian_classes(rng, n=200, dim=16, classes=3, shift=4.0):
@@ -99,13 +99,13 @@ def test_select_synthetic_applies_threshold_and_keep_fraction_together(rng):
     synth = np.concatenate([rng.normal(0, 1, (30, 8)) + means[0], rng.normal(0, 1, (10, 8)) + means[0] + 6])
     s_y = np.zeros(40, int)
     args = (_Identity(), (x[::2], y[::2]), (x[1::2], y[1::2]), synth, s_y, np.full(40, -1), {0: 40})
-    full, cal = select_synthetic(*args, SelectConfig(), ["a", "b", "c"])
+    full, cal = select_synthetic(*args, SelectConfig(), ["a", "b", "c"], ExperimentalConfig())
     assert full["eligible"].iloc[30:].sum() == 0 and full["eligible"].iloc[:30].mean() > 0.8
     assert (full["used"] == full["eligible"]).all()  # deficit 40: every eligible image is used
     assert set(cal) == {"thresholds", "val_scores", "realism_auroc"} and cal["realism_auroc"]["a"] > 0.6
-    fifth, _ = select_synthetic(*args, SelectConfig(keep_fraction=0.2), ["a", "b", "c"])
+    fifth, _ = select_synthetic(*args, SelectConfig(), ["a", "b", "c"], ExperimentalConfig(keep_fraction=0.2))
     assert fifth["eligible"].sum() <= 8 and (fifth["eligible"] <= full["eligible"]).all()
-    none, cal = select_synthetic(*args, SelectConfig(method="none"), ["a", "b", "c"])
+    none, cal = select_synthetic(*args, SelectConfig(method="none"), ["a", "b", "c"], ExperimentalConfig())
     assert none["used"].all() and cal == {}
 
 
@@ -129,6 +129,6 @@ def test_min_real_quantile_rejects_images_too_typical_of_their_class(rng):
 def test_min_real_quantile_must_sit_below_real_quantile():
     from tailfill.config import load_config
 
-    with pytest.raises(ValueError, match="select.min_real_quantile"):
-        load_config(None, ["select.min_real_quantile=0.97"])
-    assert load_config(None, ["select.min_real_quantile=0.1"]).select.min_real_quantile == 0.1
+    with pytest.raises(ValueError, match="experimental.min_real_quantile"):
+        load_config(None, ["experimental.min_real_quantile=0.97"])
+    assert load_config(None, ["experimental.min_real_quantile=0.1"]).experimental.min_real_quantile == 0.1

@@ -32,7 +32,7 @@ class GaussianFeatures:
 
     @classmethod
     def from_config(cls, cfg) -> "GaussianFeatures":
-        """Unfitted, for a :class:`~tailfill.config.ClassifierConfig` (it needs none of its keys)."""
+        """Unfitted, for a :class:`~tailfill.config.HeadConfig` (it needs none of its keys)."""
         return cls()
 
     def fit(self, feats: np.ndarray, labels: np.ndarray, seed: int = 0) -> "GaussianFeatures":
@@ -96,7 +96,7 @@ class FeatureDiffusion:
 
     @classmethod
     def from_config(cls, cfg) -> "FeatureDiffusion":
-        """Unfitted, trained for ``cfg.feature_steps`` steps (a :class:`~tailfill.config.ClassifierConfig`)."""
+        """Unfitted, trained for ``cfg.feature_steps`` steps (a :class:`~tailfill.config.HeadConfig`)."""
         return cls(steps=cfg.feature_steps)
 
     def fit(self, feats: np.ndarray, labels: np.ndarray, seed: int = 0) -> "FeatureDiffusion":
@@ -126,7 +126,7 @@ class FeatureDiffusion:
             target = x[idx] if self.prediction == "sample" else noise
             loss = F.mse_loss(self.model_(self.scheduler_.add_noise(x[idx], noise, t), t, y[idx]), target)
             check_finite(loss, f"feature diffusion step {step}",
-                         "its input was finite; classifier.feature_fill: gaussian trains nothing and cannot diverge")
+                         "its input was finite; head.feature_fill: gaussian trains nothing and cannot diverge")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -150,7 +150,7 @@ class FeatureDiffusion:
 
 
 def feature_generator(cfg):
-    """The generator ``cfg.feature_fill`` names (``cfg`` a :class:`~tailfill.config.ClassifierConfig`), unfitted."""
+    """The generator ``cfg.feature_fill`` names (``cfg`` a :class:`~tailfill.config.HeadConfig`), unfitted."""
     from .methods import FEATURE_GENERATORS
 
     return FEATURE_GENERATORS.get(cfg.feature_fill).from_config(cfg)
@@ -162,7 +162,7 @@ def fill_features(feats: np.ndarray, labels: np.ndarray, generator, seed: int = 
     labels = np.asarray(labels)
     bad = ~np.isfinite(np.asarray(feats)).all(1)
     if bad.any():  # one NaN vector would turn a class's mean, and every vector drawn for it, into NaN
-        raise ValueError(f"classifier.feature_fill: {bad.sum()} of {len(bad)} feature vectors are not finite "
+        raise ValueError(f"head.feature_fill: {bad.sum()} of {len(bad)} feature vectors are not finite "
                          f"(the first is row {np.flatnonzero(bad)[0]}, class {labels[bad][0]}); the backbone diverged")
     counts = np.bincount(labels)
     want = np.repeat(np.arange(len(counts)), np.where(counts > 0, counts.max() - counts, 0))

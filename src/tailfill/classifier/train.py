@@ -32,19 +32,18 @@ def train_classifier(train_images: np.ndarray, train_labels: np.ndarray, val_ima
                      val_labels: np.ndarray, classes: list, method: str, cfg, seed: int = 0,
                      device: str = "auto", synthetic: np.ndarray | None = None,
                      soft_labels: tuple | None = None, tracking=None) -> TrainedClassifier:
-    """Train with ``method`` and keep the epoch with the best *validation* balanced accuracy (``cfg.keep``:
-    ``last`` keeps the final weights). With ``cfg.ema_decay`` it is the moving average of the weights that is
-    validated and kept.
+    """Train with ``method`` and keep the epoch with the best *validation* balanced accuracy.
 
-    ``cfg`` is a :class:`~tailfill.config.ClassifierConfig`. ``synthetic`` marks generated training
-    images: their share of each class's draws is capped by ``cfg.synthetic_share`` and their loss
-    weighted by ``cfg.synthetic_loss_weight``. With ``cfg.retrain_head`` the head is then re-trained
-    on the real images only (see :func:`retrain_head`). ``soft_labels = (source_labels, target_weight)``
-    per image: image i counts ``target_weight[i]`` as its label and the rest as ``source_labels[i]``.
+    ``cfg`` is the run's :class:`~tailfill.config.Config`: its ``classifier`` section trains, ``mixing`` says how
+    the images ``synthetic`` marks are drawn (``share``, ``rebalances``), ``head.retrain`` then re-trains the
+    head on the real images only (:func:`~tailfill.classifier.crt.retrain_head`), and ``experimental`` holds
+    ``synthetic_loss_weight``, ``ema_decay`` (validate and keep a moving average) and ``keep: last``.
+    ``soft_labels = (source_labels, target_weight)`` per image: image i counts ``target_weight[i]`` as its label and the rest as ``source_labels[i]``.
     """
+    c, mix, exp = cfg.classifier, cfg.mixing, cfg.experimental
     spec = METHODS.get(method)
     num_classes = len(classes)
-    accelerator = make_accelerator(cfg.mixed_precision, device, tracking, f"classifier_{method}_seed{seed}", vars(cfg))
+    accelerator = make_accelerator(c.mixed_precision, device, tracking, f"classifier_{method}_seed{seed}", vars(c))
     counts = np.bincount(train_labels, minlength=num_classes)
     if (counts == 0).any():
         empty = [classes[i] for i in np.flatnonzero(counts == 0)]
@@ -53,27 +52,27 @@ def train_classifier(train_images: np.ndarray, train_labels: np.ndarray, val_ima
     torch.manual_seed(seed)
     # channels_last: convolutions run on NHWC without layout conversions (1.12x for resnet18 training at
     # 64 px on 2 CPU cores, docs/performance.md); weights and results are the same
-    model = Classifier(cfg.backbone, num_classes, spec.head, cfg.pretrained,
-                       input_size=cfg.input_size).to(memory_format=torch.channels_last)
-    if not cfg.synthetic_rebalances:  # the loss's class prior from the real images: synthetic ones add no mass
+    model = Classifier(c.backbone, num_classes, spec.head, c.pretrained,
+                       input_size=c.input_size).to(memory_format=torch.channels_last)
+    if not mix.rebalances:  # the loss's class prior from the real images: synthetic ones add no mass
         counts = class_counts(np.asarray(train_labels)[~synthetic], num_classes)
     criterion = LongTailLoss(spec.loss, counts, spec.drw).to(accelerator.device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
     # a fixed budget (classifier.steps_per_epoch) keeps a fit's cost off the head class's size: NV's 5,000
     # images need not be seen each epoch for DF's 80 to be drawn often enough
-    steps_per_epoch = cfg.steps_per_epoch or max(1, math.ceil(len(train_labels) / cfg.batch_size /
+    steps_per_epoch = c.steps_per_epoch or max(1, math.ceil(len(train_labels) / c.batch_size /
                                                               accelerator.num_processes))
-    draws = cfg.steps_per_epoch * cfg.batch_size * accelerator.num_processes if cfg.steps_per_epoch \
+    draws = c.steps_per_epoch * c.batch_size * accelerator.num_processes if c.steps_per_epoch \
         else len(train_labels)
-    total = cfg.epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.15)
+    total = c.epochs * steps_per_epoch
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=c.lr, total_steps=total, pct_start=0.15)
     model, opt = accelerator.prepare(model, opt)
-    probs = draw_probabilities(train_labels, spec.sampler, synthetic, cfg.synthetic_share, cfg.synthetic_rebalances)
+    probs = draw_probabilities(train_labels, spec.sampler, synthetic, mix.share, mix.rebalances)
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     labels_t = torch.as_tensor(train_labels, dtype=torch.long)
-    sample_w = torch.as_tensor(np.where(synthetic, cfg.synthetic_loss_weight, 1.0), dtype=torch.float32)
-    weighted = bool(synthetic.any()) and cfg.synthetic_loss_weight != 1.0
+    sample_w = torch.as_tensor(np.where(synthetic, exp.synthetic_loss_weight, 1.0), dtype=torch.float32)
+    weighted = bool(synthetic.any()) and exp.synthetic_loss_weight != 1.0
     if soft_labels is not None and np.all(np.asarray(soft_labels[1]) == 1.0):
         soft_labels = None  # every label is hard
     if soft_labels is not None:
@@ -81,12 +80,12 @@ def train_classifier(train_images: np.ndarray, train_labels: np.ndarray, val_ima
         lam_t = torch.as_tensor(np.asarray(soft_labels[1]), dtype=torch.float32)
     log_prior = np.log(counts / counts.sum())
     result = TrainedClassifier(accelerator.unwrap_model(model), list(classes), method, log_prior, [])
-    average = WeightAverage(result.model, cfg.ema_decay) if cfg.ema_decay else None
+    average = WeightAverage(result.model, exp.ema_decay) if exp.ema_decay else None
     judged = result if average is None else dataclasses.replace(result, model=average.module)  # what is validated
     best, best_state = -1.0, None
-    bar = progress(cfg.epochs * steps_per_epoch, f"classifier {method} seed {seed}", "batch",
+    bar = progress(c.epochs * steps_per_epoch, f"classifier {method} seed {seed}", "batch",
                    disable=not accelerator.is_main_process)
-    for epoch in range(cfg.epochs):
+    for epoch in range(c.epochs):
         model.train()
         t0 = time.time()
         order = rng.choice(len(train_labels), size=draws, p=probs) if probs is not None \
@@ -96,7 +95,7 @@ def train_classifier(train_images: np.ndarray, train_labels: np.ndarray, val_ima
         losses = []
         for i in range(steps_per_epoch):
             bar.update(1)
-            batch = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+            batch = order[i * c.batch_size:(i + 1) * c.batch_size]
             if len(batch) < 2:
                 continue
             idx = torch.as_tensor(batch)
@@ -108,7 +107,7 @@ def train_classifier(train_images: np.ndarray, train_labels: np.ndarray, val_ima
             with accelerator.autocast():
                 soft = None if soft_labels is None else (source_t[idx].to(accelerator.device),
                                                          lam_t[idx].to(accelerator.device))
-                loss = criterion(model(x).float(), y, epoch / cfg.epochs, w, soft)
+                loss = criterion(model(x).float(), y, epoch / c.epochs, w, soft)
             check_finite(loss, f"classifier {method}, epoch {epoch}", "lower classifier.lr")
             opt.zero_grad(set_to_none=True)
             accelerator.backward(loss)
@@ -125,8 +124,8 @@ def train_classifier(train_images: np.ndarray, train_labels: np.ndarray, val_ima
                          "train/lr": sched.get_last_lr()[0]}, step=epoch + 1)
         if accelerator.is_main_process:
             log.info("%s seed %d epoch %d/%d: loss %.4f, val balanced accuracy %.3f (%.0f s)", method, seed, epoch + 1,
-                     cfg.epochs, np.mean(losses), val_bacc, time.time() - t0)
-        if val_bacc > best or cfg.keep == "last":
+                     c.epochs, np.mean(losses), val_bacc, time.time() - t0)
+        if val_bacc > best or exp.keep == "last":
             best, best_state = val_bacc, copy.deepcopy(judged.model.state_dict())
     bar.close()
     finish_tracking(accelerator)
@@ -134,7 +133,7 @@ def train_classifier(train_images: np.ndarray, train_labels: np.ndarray, val_ima
     result.input_size = int(train_images.shape[1])
     result.model.load_state_dict(best_state)
     result.model.eval()
-    if cfg.retrain_head:
+    if cfg.head.retrain:
         retrain_head_on_real(result, train_images, train_labels, synthetic, val_images, val_labels, cfg, seed)
     return result
 
@@ -165,5 +164,5 @@ def fit_and_score(train, val: tuple, test: tuple, classes: list, method: str, cf
     t0 = time.time()
     model = train_classifier(train.images, train.labels, val[0], val[1], classes, method, cfg, seed, device,
                              synthetic=train.synthetic, soft_labels=train.soft_labels(), tracking=tracking)
-    model.tta = bool(cfg.tta)
+    model.tta = bool(cfg.classifier.tta)
     return score(model, val, test, classes, time.time() - t0)

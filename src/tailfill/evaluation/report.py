@@ -53,7 +53,7 @@ def _augmented(run, results: pd.DataFrame, summary: dict, classes: list, out: Pa
     method = augmented[0].split(":", 1)[1]
     base = f"baseline:{method}"
     gains = gains_table(results, base, augmented[0], classes)
-    added = "its real tail images repeated: the control" if run.cfg.classifier.fill_with == "real" \
+    added = "its real tail images repeated: the control" if run.cfg.mixing.fill_with == "real" \
         else "the used synthetic images"
     plot_gains(gains[gains["class"] != "balanced accuracy"], out / "gains.png")
     cms = {}

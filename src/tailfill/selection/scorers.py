@@ -9,8 +9,8 @@ from ..registry import Registry
 
 # select.method: how unlike its class an image's features are (``none``, no selection, is not a scorer)
 SCORERS = Registry("OOD scorer (select.method)")
-# select.features and select.judge: what gives the features, factory(feature_model, cfg.select) -> .features(x)
-FEATURE_EXTRACTORS = Registry("feature extractor (select.features, select.judge)")
+# select.features and experimental.judge: what gives the features, factory(feature_model, cfg.select) -> .features(x)
+FEATURE_EXTRACTORS = Registry("feature extractor (select.features, experimental.judge)")
 FEATURE_EXTRACTORS.register("classifier", "tailfill.selection.selector:classifier_features")
 FEATURE_EXTRACTORS.register("lite0", "tailfill.selection.selector:lite0_features")
 

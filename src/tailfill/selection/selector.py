@@ -19,7 +19,7 @@ Higher scores mean *less* like the class. The filters, each a column of the deci
   excluded) exceeds ``near_duplicate_similarity`` -- by default ("auto") the 99th percentile of the
   same similarity for held-out real images.
 
-With ``select.judge``, a :class:`FidelityJudge` (a model independent of the classifier being trained,
+With ``experimental.judge``, a :class:`FidelityJudge` (a model independent of the classifier being trained,
 by default frozen ImageNet EfficientNet-Lite0 features) adds ``judge_ok``: an image another class
 claims confidently is not eligible either. ``select.features: lite0`` scores OOD on those frozen
 features too. An image passing every filter is ``eligible``; :func:`choose_for_deficits` then marks which eligible
@@ -128,22 +128,24 @@ def classifier_features(feature_model, cfg):
 
 
 def lite0_features(feature_model, cfg):
-    """``select.features: lite0``: frozen ImageNet EfficientNet-Lite0 features at ``cfg.judge_size`` px, cached."""
+    """``select.features: lite0``: frozen ImageNet EfficientNet-Lite0 features at ``cfg.feature_size`` px, cached."""
     from ..classifier.pretrained import PretrainedFeatures
 
-    return _CachedFeatures(PretrainedFeatures("lite0", cfg.judge_size))
+    return _CachedFeatures(PretrainedFeatures("lite0", cfg.feature_size))
 
 
 def select_synthetic(feature_model, train: tuple, val: tuple, synthetic: np.ndarray, synthetic_labels: np.ndarray,
-                     source_index: np.ndarray, deficits: dict[int, int], cfg, classes: list):
+                     source_index: np.ndarray, deficits: dict[int, int], cfg, classes: list, experimental):
     """The post-selection step: ``(decisions, calibration)``.
 
     ``feature_model`` maps uint8 images to features (``.features``); ``train`` and ``val`` are real
-    ``(images, labels)``; ``cfg`` is a SelectConfig. ``decisions`` has one row per synthetic image:
+    ``(images, labels)``; ``cfg`` is a SelectConfig, ``experimental`` an ExperimentalConfig (its keep_fraction,
+    min_real_quantile, fill_fraction and judge options). ``decisions`` has one row per synthetic image:
     the filter columns of :meth:`OODSelector.decide` (and :meth:`FidelityJudge.decide` with a judge) plus
     ``used``. ``calibration`` holds the per-class
     thresholds, held-out real scores and realism AUROC by class name (empty for ``method: none``).
     """
+    x = experimental
     labels = np.asarray(synthetic_labels)
     (tr_x, tr_y), (va_x, va_y) = train, val
     made, classifier_model = {}, feature_model
@@ -161,8 +163,8 @@ def select_synthetic(feature_model, train: tuple, val: tuple, synthetic: np.ndar
                               "eligible": True, "reason": "eligible"})
         calibration = {}
     else:
-        selector = OODSelector(build_scorer(cfg.method, cfg), cfg.real_quantile, cfg.keep_fraction,
-                               cfg.near_duplicate_similarity, cfg.min_real_quantile)
+        selector = OODSelector(build_scorer(cfg.method, cfg), cfg.real_quantile, x.keep_fraction,
+                               cfg.near_duplicate_similarity, x.min_real_quantile)
         va_f = feature_model.features(va_x)
         selector.fit(feature_model.features(tr_x), tr_y).calibrate(va_f, va_y)
         table = selector.decide(feature_model.features(synthetic), labels, source_index=source_index)
@@ -172,11 +174,11 @@ def select_synthetic(feature_model, train: tuple, val: tuple, synthetic: np.ndar
             "val_scores": {classes[c]: s.tolist() for c, s in selector.calibration_scores_.items()},
             "realism_auroc": {classes[c]: realism_auroc(val_scores[va_y == c], table["score"].to_numpy()[labels == c])
                               for c in np.unique(labels)}}
-        if cfg.min_real_quantile is not None:
+        if x.min_real_quantile is not None:
             calibration["lower_thresholds"] = {classes[c]: t for c, t in selector.lower_thresholds_.items()}
-    if cfg.judge is not None:  # drop what an independent model says is another class (or too easy)
-        judge_model = extractor(cfg.judge)
-        judge = FidelityJudge(cfg.judge_reject_confidence, cfg.judge_max_confidence)
+    if x.judge is not None:  # drop what an independent model says is another class (or too easy)
+        judge_model = extractor(x.judge)
+        judge = FidelityJudge(x.judge_reject_confidence, x.judge_max_confidence)
         judge.fit(judge_model.features(tr_x), tr_y)
         verdict = judge.decide(judge_model.features(synthetic), labels)
         for col in verdict.columns:
@@ -188,7 +190,7 @@ def select_synthetic(feature_model, train: tuple, val: tuple, synthetic: np.ndar
 
         val_pred = judge.classes_[judge.predict_proba(judge_model.features(va_x)).argmax(axis=1)]
         calibration["judge_val_balanced_accuracy"] = balanced_accuracy(np.asarray(va_y), val_pred, len(classes))
-    table["used"] = choose_for_deficits(table, labels, deficits, cfg.fill_fraction)
+    table["used"] = choose_for_deficits(table, labels, deficits, x.fill_fraction)
     return table, calibration
 
 

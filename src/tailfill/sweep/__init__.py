@@ -20,7 +20,7 @@ seed trains only its own classifiers. Each variant can run as its own job (``--v
 jobs that meet on one key each compute it and the first to finish publishes it.
 """
 from .keys import (  # noqa: F401
-                   AUGMENTED_ONLY,
+                   FIT_SETTINGS,
                    PER_FIT,
                    PER_RUN,
                    STAGE_INPUTS,

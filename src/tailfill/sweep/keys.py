@@ -7,24 +7,26 @@ import json
 from ..config import Config
 from ..run import Run
 
-# classifier fields that act only when synthetic (or repeated) images join training: not baseline inputs
-AUGMENTED_ONLY = ("augmented_method", "fill_with", "synthetic_max_ratio", "synthetic_share", "synthetic_loss_weight",
-                  "synthetic_rebalances", "soft_labels", "soft_label_gamma")
 PER_FIT = ("methods", "seeds")  # a fit's own method and seed join its key instead
+# what every classifier fit reads (baseline or augmented): two rows compare only when these agree
+FIT_SETTINGS = ["device", ("classifier", PER_FIT), "head", "experimental.ema_decay", "experimental.keep"]
+SELECT_EXPERIMENTAL = [f"experimental.{k}" for k in ("keep_fraction", "min_real_quantile", "fill_fraction", "judge",
+                                                      "judge_reject_confidence", "judge_max_confidence")]
 
-# stage -> (config fields it reads: "section", "section.key" or ("section", keys left out)), upstream stages)
+# stage -> (config fields it reads: "section", "section.key" or ("section", keys left out)), upstream stages);
+# mixing.fill_with: real (the control) runs no generator, so a generator stage's output says which it was
 STAGE_INPUTS = {
     "prepare": (["seed", ("data", ("workers", "cache_dir"))], []),
-    "train-baseline": (["device", ("classifier", AUGMENTED_ONLY + PER_FIT)], ["prepare"]),
+    "train-baseline": (FIT_SETTINGS, ["prepare"]),
     "train-autoencoder": (["seed", "device", "autoencoder", "diffusion.space", "diffusion.vae", "diffusion.pretrained",
-                           "classifier.fill_with"], ["prepare"]),
-    "train-diffusion": (["seed", "device", "diffusion", "classifier.fill_with"], ["prepare", "train-autoencoder"]),
-    "generate": (["device", "generate", "classifier.fill_with"], ["train-diffusion"]),
-    "select": (["select", "classifier.fill_with"], ["generate", "train-baseline"]),  # the feature model's fit
-    "train-augmented": (["device", ("classifier", PER_FIT)], ["select"]),
+                           "mixing.fill_with"], ["prepare"]),
+    "train-diffusion": (["seed", "device", "diffusion", "mixing.fill_with"], ["prepare", "train-autoencoder"]),
+    "generate": (["device", "generate", "mixing.fill_with"], ["train-diffusion"]),
+    "select": (["select", *SELECT_EXPERIMENTAL, "mixing.fill_with"], ["generate", "train-baseline"]),  # the feature model's fit
+    "train-augmented": (FIT_SETTINGS + ["mixing", "experimental"], ["select"]),
     # the real-oversampling control reads no generator: each class's deficit (generate.classes, .target) is
     # filled with its own real images, drawn by the run's seed
-    "train-augmented:real": (["seed", "device", ("classifier", PER_FIT), "generate.classes", "generate.target"],
+    "train-augmented:real": (["seed", *FIT_SETTINGS, "mixing", "experimental", "generate.classes", "generate.target"],
                              ["prepare"]),
 }
 PER_RUN = ("evaluate", "report")  # cheap tables of a run's own fits: never shared
@@ -55,7 +57,7 @@ def stage_key(cfg: Config, stage: str, method: str | None = None, seed: int | No
     """The key of ``stage``'s output for ``cfg``: its config fields, the keys of its upstream stages, and for a
     classifier fit its method and seed. ``feature`` is the baseline method whose first-seed fit gives the OOD
     features (``select.feature_method``, or the best baseline once the baselines exist): select reads that fit."""
-    control = stage == "train-augmented" and cfg.classifier.fill_with == "real"
+    control = stage == "train-augmented" and cfg.mixing.fill_with == "real"
     wanted, upstream = STAGE_INPUTS[f"{stage}:real" if control else stage]
     parts = {"stage": stage, "fields": _fields(cfg, wanted)}
     for up in upstream:

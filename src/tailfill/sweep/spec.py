@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 
 # control variants a spec can ask for by name: the overrides that make each
-CONTROLS = {"real_oversample": {"classifier.fill_with": "real"}}
+CONTROLS = {"real_oversample": {"mixing.fill_with": "real"}}
 
 
 # ---------- the spec

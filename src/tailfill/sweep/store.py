@@ -128,7 +128,8 @@ class Store:
         if kind == "baseline":
             units = [(m, s) for m in c.methods for s in c.seeds]
         else:
-            method = best_baseline(run) if c.augmented_method == "best" else c.augmented_method
+            mix = run.cfg.mixing
+            method = best_baseline(run) if mix.method == "best" else mix.method
             units, feature = [(method, s) for s in c.seeds], feature_method(run)
         fresh = []
         for method, seed in units:
