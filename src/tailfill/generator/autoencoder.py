@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,7 @@ from diffusers import AutoencoderKL
 
 from ..utils.io import atomic_dir, load_state, recover_dir, save_state, write_json
 from ..utils.progress import progress
-from ..utils.training import (check_finite, ema_update, finish_tracking, kept_checkpoint, make_accelerator,
+from ..utils.training import (StepLog, check_finite, ema_update, finish_tracking, kept_checkpoint, make_accelerator,
                               optimizer_step, to_model_range)
 
 log = logging.getLogger(__name__)
@@ -139,7 +138,8 @@ def train_autoencoder(images_u8: np.ndarray, cfg, out_dir: str | Path, seed: int
                                               else opt.optimizer.state_dict(), "step": step, "history": history})
 
     bar = progress(cfg.train_steps, "autoencoder", "step", initial=step, disable=not accelerator.is_main_process)
-    running, t0 = [], time.time()
+    book = StepLog("autoencoder", accelerator, bar, history, cfg.train_steps, cfg.log_every, cfg.checkpoint_every,
+                   cfg.batch_size)
     while step < cfg.train_steps:
         rng = np.random.default_rng([seed, step, accelerator.process_index])
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
@@ -160,14 +160,7 @@ def train_autoencoder(images_u8: np.ndarray, cfg, out_dir: str | Path, seed: int
         optimizer_step(accelerator, opt, model, loss)
         ema_update(ema, accelerator.unwrap_model(model).vae, cfg.ema_decay, step)
         step += 1
-        running.append(loss.item())
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        accelerator.log({"autoencoder/loss": loss.item()}, step=step)
-        if step % cfg.log_every == 0 or step == cfg.train_steps:
-            history.append({"step": step, "loss": float(np.mean(running)), "seconds": time.time() - t0})
-            running, t0 = [], time.time()
-        if step % cfg.checkpoint_every == 0 or step == cfg.train_steps:
+        if book.after(step, loss.item()):
             save_checkpoint()
     bar.close()
     finish_tracking(accelerator)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ from scipy import ndimage
 from ..data.masks import random_shape_mask
 from ..utils.io import atomic_dir, load_state, recover_dir, save_state, write_json
 from ..utils.progress import progress
-from ..utils.training import (check_finite, class_power_probabilities, digests_per_rank, ema_update, finish_tracking,
+from ..utils.training import (StepLog, check_finite, class_power_probabilities, digests_per_rank, ema_update, finish_tracking,
                               kept_checkpoint, make_accelerator, optimizer_step, to_model_range)
 from .pipeline import InpaintPipeline, build_unet, load_unet, model_input
 
@@ -141,9 +140,9 @@ def train_diffusion(images_u8: np.ndarray, labels: np.ndarray, lesion_masks: np.
             save_state(tmp / "state.pt", {"optimizer": opt.state_dict() if not hasattr(opt, "optimizer")
                                           else opt.optimizer.state_dict(), "step": step, "history": history})
 
-    t0 = time.time()
-    running = []
     bar = progress(cfg.train_steps, "diffusion", "step", initial=step, disable=not accelerator.is_main_process)
+    book = StepLog("diffusion", accelerator, bar, history, cfg.train_steps, cfg.log_every, cfg.checkpoint_every,
+                   cfg.batch_size)
     while step < cfg.train_steps:
         rng = np.random.default_rng([seed, step, accelerator.process_index])
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
@@ -170,16 +169,7 @@ def train_diffusion(images_u8: np.ndarray, labels: np.ndarray, lesion_masks: np.
         optimizer_step(accelerator, opt, unet, loss)
         ema_update(ema, accelerator.unwrap_model(unet), cfg.ema_decay, step)
         step += 1
-        running.append(loss.item())
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        accelerator.log({"diffusion/loss": loss.item()}, step=step)
-        if step % cfg.log_every == 0 or step == cfg.train_steps:
-            history.append({"step": step, "loss": float(np.mean(running)), "seconds": time.time() - t0})
-            log.debug("diffusion step %d/%d loss %.4f (%.1f img/s)", step, cfg.train_steps, np.mean(running),
-                     len(running) * cfg.batch_size / max(1e-9, time.time() - t0))
-            running, t0 = [], time.time()
-        if step % cfg.checkpoint_every == 0 or step == cfg.train_steps:
+        if book.after(step, loss.item()):
             save_checkpoint()
     bar.close()
     finish_tracking(accelerator)

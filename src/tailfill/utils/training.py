@@ -6,14 +6,18 @@ epoch-based with model selection on validation); only these small rules are comm
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
+import time
 from pathlib import Path
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
 
 
 class TrainingDivergedError(RuntimeError):
@@ -257,3 +261,30 @@ def optimizer_step(accelerator, opt, model: torch.nn.Module, loss: torch.Tensor,
     accelerator.backward(loss)
     accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
     opt.step()
+
+
+class StepLog:
+    """A training loop's bookkeeping after each optimiser step: the progress bar, the tracker, a ``history``
+    row (mean loss, seconds) every ``log_every`` steps and at the last, and whether a checkpoint is due
+    (every ``checkpoint_every`` steps and at the last). ``history`` is the list a checkpoint saves."""
+
+    def __init__(self, name: str, accelerator, bar, history: list, total: int, log_every: int,
+                 checkpoint_every: int, batch_size: int):
+        self.name, self.accelerator, self.bar, self.history = name, accelerator, bar, history
+        self.total, self.log_every, self.checkpoint_every, self.batch_size = total, log_every, checkpoint_every, batch_size
+        self.running, self.t0 = [], time.time()
+
+    def after(self, step: int, loss: float) -> bool:
+        """Record ``loss`` of ``step`` (counted from 1); whether to checkpoint now."""
+        self.running.append(loss)
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{loss:.4f}")
+        self.accelerator.log({f"{self.name}/loss": loss}, step=step)
+        last = step == self.total
+        if step % self.log_every == 0 or last:
+            seconds = time.time() - self.t0
+            self.history.append({"step": step, "loss": float(np.mean(self.running)), "seconds": seconds})
+            log.debug("%s step %d/%d loss %.4f (%.1f img/s)", self.name, step, self.total, np.mean(self.running),
+                      len(self.running) * self.batch_size / max(1e-9, seconds))
+            self.running, self.t0 = [], time.time()
+        return step % self.checkpoint_every == 0 or last
