@@ -18,7 +18,7 @@ import pandas as pd
 
 from tailfill.data import load_isic2019, long_tail_subsample, make_splits
 from tailfill.data.lesion_masks import PackedMasks, square_mask
-from tailfill.data.sources import load_ham10000
+from tailfill.data.ham10000 import load_ham10000
 from tailfill.evaluation.tables import to_markdown
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 def model_dirs(run: Run, model: str = "augmented") -> tuple[str, list[Path]]:
     """The seed folders of the chosen classifier: ``augmented`` (the default), ``baseline`` (the best baseline
     on validation), a baseline method name, or ``kind:method``."""
-    from .stages import best_baseline
+    from .baselines import best_baseline
 
     if model == "augmented":
         kinds = sorted((run.paths.classifiers / "augmented").glob("*"))

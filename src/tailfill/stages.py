@@ -16,6 +16,7 @@ import time
 import numpy as np
 import pandas as pd
 
+from .baselines import best_baseline, feature_model, feature_model_quality
 from .registry import Registry
 from .run import Run, RunDirError
 from .utils.io import read_json, read_table, write_csv, write_json
@@ -172,63 +173,10 @@ def log_samples(run: Run, manifest: pd.DataFrame, per_class: int = 16) -> None:
                     for c, g in manifest.groupby("class")})
 
 
-def baseline_results(run: Run) -> pd.DataFrame:
-    """The results table of the baselines trained so far, in config order."""
-    from .evaluation.metrics import results_table
-
-    records = [read_json(fit / "metrics.json") for method in run.cfg.classifier.methods
-               for *_, fit in run.paths.fits("baseline", method, "metrics.json")]
-    return results_table(records)
-
-
-def best_baseline(run: Run) -> str:
-    """The baseline method with the best mean *validation* balanced accuracy (never test)."""
-    from .evaluation.metrics import best_method
-
-    results = baseline_results(run)
-    if not len(results):
-        raise RunDirError("no baseline results to choose the augmented method from; run train-baseline first")
-    return best_method(results)
-
-
-def feature_model(run: Run):
-    """The classifier whose features the OOD selector scores: select.feature_method, or the best baseline."""
-    from .classifier.model import TrainedClassifier
-
-    method = run.cfg.select.feature_method or best_baseline(run)
-    path = run.paths.classifier("baseline", method, run.cfg.classifier.seeds[0])
-    if not (path / "model.safetensors").is_file():
-        raise RunDirError(f"no baseline classifier at {path} for OOD features; check select.feature_method")
-    return TrainedClassifier.load(path, run.device)
-
-
-def feature_model_quality(run: Run) -> dict:
-    """How well the OOD feature classifier does on validation; near chance, its OOD scores mean little."""
-    method = run.cfg.select.feature_method or best_baseline(run)
-    metrics = read_json(run.paths.classifier("baseline", method, run.cfg.classifier.seeds[0]) / "metrics.json")
-    bacc, chance = metrics["val"]["balanced_accuracy"], 1 / len(run.data.classes)
-    near = bool(bacc < 1.5 * chance)
-    if near:
-        log.warning("the OOD feature classifier %s is near chance on validation (balanced accuracy %.3f, chance "
-                    "%.3f): selection and realism AUROC say little", method, bacc, chance)
-    return {"method": method, "val_balanced_accuracy": bacc, "near_chance": near}
-
-
-def class_fidelity(model, synthetic, labels, val, classes: list) -> tuple[list, dict]:
-    """Each synthetic image's class as the feature classifier reads it, and per class how often it reads a
-    synthetic image as its own class beside how often it does so for the real held-out (validation) images.
-    One view, as the OOD features are (without the 8 of ``classifier.tta``)."""
-    pred = model.logits(synthetic).argmax(1)
-    val_pred = model.logits(val.images).argmax(1)
-    fidelity = {classes[c]: {"synthetic": float(np.mean(pred[labels == c] == c)),
-                             "real_val": float(np.mean(val_pred[val.labels == c] == c)) if np.any(val.labels == c) else None}
-                for c in np.unique(labels)}
-    return [classes[i] for i in pred], fidelity
-
-
 @STAGES.register("select")
 def select(run: Run) -> None:
     from .generator.generate import load_synthetic
+    from .selection.judge import class_fidelity
     from .selection.selector import select_synthetic
 
     t0 = time.time()

@@ -7,7 +7,7 @@ from PIL import Image
 from tailfill.config import Config, load_config
 from tailfill.data import DataError, load_dataset, prepare_dataset, read_image
 from tailfill.data.lesion_masks import MaskFolder, PackedMasks, square_mask
-from tailfill.data.sources import HAM_METADATA, load_ham10000
+from tailfill.data.ham10000 import HAM_METADATA, load_ham10000
 
 from conftest import SHARED_HAM
 
@@ -145,7 +145,7 @@ def test_ham_config_and_external_evaluation_kind(tmp_path):
         load_config(None, ["data.kind=ham10000", "data.root=/x", "data.resize=stretch"])
     with pytest.raises(ValueError, match="data.labels='ham'"):
         load_config(None, ["data.kind=ham10000", "data.root=/x", "data.labels=ham"])
-    from tailfill.cli import external_kinds
+    from tailfill.cli_parser import external_kinds
 
     assert "ham10000" in external_kinds() and "demo" not in external_kinds()
 

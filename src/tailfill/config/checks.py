@@ -87,7 +87,7 @@ def validate(cfg: Config) -> None:
     from ..classifier.methods import FEATURE_GENERATORS, METHODS
     from ..data.images import RESIZE_MODES
     from ..data.prepare import DATASETS
-    from ..data.sources import HAM_LABELS
+    from ..data.ham10000 import HAM_LABELS
     from ..generator.schedulers import SCHEDULERS
     from ..selection.scorers import FEATURE_EXTRACTORS, SCORERS
 

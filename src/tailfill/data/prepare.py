@@ -19,7 +19,8 @@ from ..registry import Registry
 from .cache import build_cache
 from .demo import make_demo_dataset
 from .rows import NpyRows, take_rows
-from .sources import LabeledImages, load_csv_dataset, load_ham10000, load_image_folder, load_isic2019
+from .ham10000 import load_ham10000
+from .sources import LabeledImages, load_csv_dataset, load_image_folder, load_isic2019
 from .splits import long_tail_subsample, make_splits
 
 log = logging.getLogger(__name__)

@@ -75,6 +75,6 @@ def baseline_keys(cfg: Config) -> list[str]:
 
 def feature_method(run: Run) -> str:
     """The baseline whose features select scores (``select.feature_method``, or the best on validation)."""
-    from ..stages import best_baseline
+    from ..baselines import best_baseline
 
     return run.cfg.select.feature_method or best_baseline(run)

@@ -120,7 +120,8 @@ class Store:
 
     def _fits(self, run: Run, stage: str) -> None:
         """The classifier stages share each fit (method, seed) on its own; the stage trains only the missing."""
-        from ..stages import best_baseline, run_stage
+        from ..baselines import best_baseline
+        from ..stages import run_stage
 
         kind = "baseline" if stage == "train-baseline" else "augmented"
         c = run.cfg.classifier
