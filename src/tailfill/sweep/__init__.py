@@ -32,4 +32,5 @@ from .keys import (  # noqa: F401
                    stage_key,
 )
 from .spec import CONTROLS, SweepSpec, run_sweep  # noqa: F401
-from .store import Store, archive  # noqa: F401
+from .store import Store  # noqa: F401
+from .archive import archive  # noqa: F401
