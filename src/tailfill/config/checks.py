@@ -142,6 +142,7 @@ def validate(cfg: Config) -> None:
     for key, mp in (("diffusion", cfg.diffusion.mixed_precision), ("classifier", c.mixed_precision)):
         check(mp is None or mp in ("no", "fp16", "bf16"), f"{key}.mixed_precision is no, fp16, bf16 or null")
     one_of(cfg.diffusion.space, ("pixel", "latent"), "diffusion.space")
+    one_of(cfg.diffusion.latent_condition, ("encode", "mask"), "diffusion.latent_condition")
     check(not cfg.diffusion.pretrained or cfg.diffusion.space == "latent", "diffusion.pretrained needs "
           "diffusion.space=latent")
     one_of(cfg.diffusion.finetune, ("lora", "full"), "diffusion.finetune")

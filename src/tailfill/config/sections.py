@@ -57,7 +57,10 @@ class AutoencoderConfig:
 @dataclass
 class DiffusionConfig:
     space: str = "pixel"               # pixel | latent (a UNet on an autoencoder's latents: more px per CPU-minute)
-    vae: Optional[str] = None          # latent: a local pretrained AutoencoderKL folder; None: train one (autoencoder.*)
+    vae: Optional[str] = None          # latent: a local pretrained autoencoder (AutoencoderKL, or TAESD files such as
+                                       # ../shared/models/taef2); None: train one (autoencoder.*)
+    latent_condition: str = "encode"   # latent: the masked image the UNet sees: encode (it, each step) | mask (the
+                                       # image's latents, encoded once, masked on the latent grid: no encoder a step)
     pretrained: Optional[str] = None   # latent: a local diffusers SD-style inpainting pipeline folder to fine-tune
     finetune: str = "lora"             # pretrained: lora (needs peft) | full
     lora_rank: int = 8

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
-from ..utils.io import atomic_dir, load_state, recover_dir, save_state, write_json
+from ..utils.io import atomic_dir, load_state, read_json, recover_dir, save_state, write_json
 from ..utils.progress import progress
 from ..utils.training import (StepLog, check_finite, ema_update, finish_tracking, kept_checkpoint, make_accelerator,
                               optimizer_step, to_model_range)
@@ -38,19 +38,38 @@ def build_autoencoder(image_size: int, block_out_channels=(32, 64, 64), latent_c
                          norm_num_groups=min(32, min(block_out_channels) // 4), sample_size=image_size)
 
 
-def load_vae(path: str | Path, device: str = "cpu") -> AutoencoderKL:
-    """A local ``AutoencoderKL`` folder (safetensors); a diffusers pipeline folder's ``vae/`` is found too."""
+def load_vae(path: str | Path, device: str = "cpu"):
+    """A local autoencoder folder: an ``AutoencoderKL`` (safetensors; a diffusers pipeline folder's ``vae/`` is
+    found too), a saved :class:`~.tiny_autoencoder.TinyAutoencoder`, or a TAESD-family pair of ``*_encoder.pth``
+    / ``*_decoder.pth`` files (e.g. TAEF2)."""
+    from .tiny_autoencoder import TinyAutoencoder, is_taesd_folder
+
     path = Path(path)
     if (path / "vae").is_dir():
         path = path / "vae"
+    if is_taesd_folder(path):
+        return TinyAutoencoder.from_taesd_files(path).to(device)
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"no AutoencoderKL at {path} (needs config.json and weights); diffusion.vae must "
-                                "point to a local folder, nothing is downloaded")
-    return AutoencoderKL.from_pretrained(path, use_safetensors=True).to(device).eval().requires_grad_(False)
+        raise FileNotFoundError(f"no autoencoder at {path} (an AutoencoderKL folder with config.json and weights, or "
+                                "TAESD *_encoder.pth/*_decoder.pth); diffusion.vae must point to a local folder, "
+                                "nothing is downloaded")
+    cls = TinyAutoencoder if read_json(path / "config.json").get("_class_name") == "TinyAutoencoder" else AutoencoderKL
+    return cls.from_pretrained(path, use_safetensors=True).to(device).eval().requires_grad_(False)
 
 
-def downscale(vae: AutoencoderKL) -> int:
-    return 2 ** (len(vae.config.block_out_channels) - 1)
+def downscale(vae) -> int:
+    """How many times smaller the latent grid is than the image."""
+    return getattr(vae.config, "downscale_factor", None) or 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def set_latent_scale(vae, images_u8: np.ndarray, seed: int = 0, n: int = 256):
+    """Set ``vae``'s ``scaling_factor`` so that the latents of ``n`` of ``images_u8`` have unit variance, as
+    the diffusion model expects (Stable Diffusion's 0.18215 is the same idea); returns ``vae``."""
+    sample = images_u8[np.random.default_rng(seed).permutation(len(images_u8))[:n]]
+    vae.register_to_config(scaling_factor=1.0)
+    z = torch.cat([encode(vae, to_model_range(sample[i:i + 64]).to(vae.device)) for i in range(0, len(sample), 64)])
+    vae.register_to_config(scaling_factor=float(1.0 / z.std().clamp(min=1e-6)))
+    return vae
 
 
 @torch.no_grad()
@@ -165,12 +184,7 @@ def train_autoencoder(images_u8: np.ndarray, cfg, out_dir: str | Path, seed: int
     bar.close()
     finish_tracking(accelerator)
     accelerator.wait_for_everyone()
-    ema.eval()
-    # latents of unit variance, as the diffusion model expects (Stable Diffusion's 0.18215 is the same idea)
-    sample = images_u8[np.random.default_rng(seed).permutation(len(images_u8))[:256]]
-    ema.register_to_config(scaling_factor=1.0)
-    z = encode(ema, to_model_range(sample).to(accelerator.device))
-    ema.register_to_config(scaling_factor=float(1.0 / z.std().clamp(min=1e-6)))
+    set_latent_scale(ema.eval(), images_u8, seed)
     if accelerator.is_main_process:
         ema.save_pretrained(out_dir / "vae")
         write_json(out_dir / "train_info.json", {"steps": step, "history": history,

@@ -18,6 +18,7 @@ import torch
 from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel
 
 
+from ..utils.io import read_json, write_json
 from .schedulers import SCHEDULERS
 
 def build_unet(image_size: int, num_classes: int, block_out_channels=(32, 64, 64), layers_per_block: int = 1,
@@ -92,8 +93,10 @@ class InpaintPipeline:
     (latent diffusion) the UNet works on the autoencoder's latents and the result is decoded, then the
     unmasked pixels are pasted back from the real image exactly."""
 
-    def __init__(self, unet: UNet2DModel, scheduler, vae=None):
-        self.unet, self.scheduler, self.vae = unet, scheduler, vae
+    def __init__(self, unet: UNet2DModel, scheduler, vae=None, latent_condition: str = "encode"):
+        # latent space: the masked image as the condition is its encoding (encode) or the image's latents
+        # masked on the latent grid (mask); the model was trained on one, generation must use the same
+        self.unet, self.scheduler, self.vae, self.latent_condition = unet, scheduler, vae, latent_condition
 
     @property
     def device(self) -> torch.device:
@@ -116,6 +119,7 @@ class InpaintPipeline:
         self.scheduler.save_pretrained(path / "scheduler")
         if self.vae is not None:
             self.vae.save_pretrained(path / "vae")
+            write_json(path / "pipeline.json", {"latent_condition": self.latent_condition})
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, unet_subfolder: str = "unet_ema", scheduler: str | None = None,
@@ -134,7 +138,8 @@ class InpaintPipeline:
             vae = load_vae(path / "vae", device)
         config = DDPMScheduler.load_config(path / "scheduler")
         sched = make_scheduler(scheduler, config, vae is not None, latent_clip) if scheduler else DDPMScheduler.from_config(config)
-        return cls(unet, sched, vae)
+        settings = read_json(path / "pipeline.json") if (path / "pipeline.json").is_file() else {}
+        return cls(unet, sched, vae, settings.get("latent_condition", "encode"))
 
     @torch.inference_mode()  # generation never needs autograd: skip its bookkeeping
     def __call__(self, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor, *,
@@ -158,8 +163,9 @@ class InpaintPipeline:
         else:  # the same idea on the autoencoder's latent grid
             from .autoencoder import downscale, encode, latent_mask
 
-            start, masked = encode(self.vae, images), encode(self.vae, images * (1 - masks))
-            cond_masks = latent_mask(masks, downscale(self.vae))
+            start, cond_masks = encode(self.vae, images), latent_mask(masks, downscale(self.vae))
+            masked = start * (1 - cond_masks) if self.latent_condition == "mask" else \
+                encode(self.vae, images * (1 - masks))
         scheduler.set_timesteps(num_inference_steps, device=device)
         if noise is None:
             noise = torch.randn((len(images), *self.noise_shape(images.shape[1:])), generator=generator, device="cpu")

@@ -59,6 +59,19 @@ class MaskSampler:
         return np.where(use_lesion[:, None, None], lesion, random).astype(np.float32)
 
 
+def encode_all(vae, images_u8: np.ndarray, batch_size: int = 64) -> torch.Tensor:
+    """The latents of every image (on the CPU): what ``latent_condition: mask`` trains on, encoded once."""
+    from .autoencoder import encode
+
+    bar = progress(len(images_u8), "encoding training images", "image")
+    out = []
+    for i in range(0, len(images_u8), batch_size):
+        out.append(encode(vae, to_model_range(images_u8[i:i + batch_size]).to(vae.device)).float().cpu())
+        bar.update(len(out[-1]))
+    bar.close()
+    return torch.cat(out)
+
+
 def random_dihedral(x: torch.Tensor, m: torch.Tensor, rng: np.random.Generator):
     """One random flip/rotation for the whole batch: skin lesions have no up or down."""
     k = int(rng.integers(4))
@@ -78,7 +91,9 @@ def train_diffusion(images_u8: np.ndarray, labels: np.ndarray, lesion_masks: np.
     steps into ``out_dir/checkpoint`` (atomically) and, with ``resume``, continues from there. Batches
     and noise are seeded by step, so a resumed run follows the same path as an uninterrupted one.
     Runs under Hugging Face Accelerate: launch with ``accelerate launch`` for several GPUs. With ``vae``
-    (an AutoencoderKL, frozen) the UNet learns the same task on its latents (latent diffusion).
+    (a frozen autoencoder) the UNet learns the same task on its latents (latent diffusion); with
+    ``cfg.latent_condition: mask`` each training image is encoded once, before the first step, and the
+    condition is its latents masked on the latent grid, so a step runs no autoencoder.
     """
     from diffusers.training_utils import compute_snr
 
@@ -92,6 +107,7 @@ def train_diffusion(images_u8: np.ndarray, labels: np.ndarray, lesion_masks: np.
 
         vae = vae.to(accelerator.device).eval().requires_grad_(False)
         factor, channels = downscale(vae), vae.config.latent_channels
+    latents = encode_all(vae, images_u8) if vae is not None and cfg.latent_condition == "mask" else None
     torch.manual_seed(seed)  # same initial weights on every process and every run
     if cfg.pretrained:  # a pretrained SD-style inpainting UNet, fine-tuned with learned class tokens
         from .sd_inpaint import ClassConditionedUNet
@@ -135,7 +151,8 @@ def train_diffusion(images_u8: np.ndarray, labels: np.ndarray, lesion_masks: np.
         if not accelerator.is_main_process:
             return
         with atomic_dir(ckpt) as tmp:
-            InpaintPipeline(accelerator.unwrap_model(unet), noise_sched, vae).save_pretrained(tmp, "unet")
+            InpaintPipeline(accelerator.unwrap_model(unet), noise_sched, vae,
+                            cfg.latent_condition).save_pretrained(tmp, "unet")
             ema.save_pretrained(tmp / "unet_ema")
             save_state(tmp / "state.pt", {"optimizer": opt.state_dict() if not hasattr(opt, "optimizer")
                                           else opt.optimizer.state_dict(), "step": step, "history": history})
@@ -147,14 +164,16 @@ def train_diffusion(images_u8: np.ndarray, labels: np.ndarray, lesion_masks: np.
         rng = np.random.default_rng([seed, step, accelerator.process_index])
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
         idx = rng.choice(len(labels), size=cfg.batch_size, p=weights)
-        x0 = to_model_range(images_u8[idx])
         m = torch.from_numpy(mask_sampler(idx, rng))[:, None]
-        x0, m = random_dihedral(x0, m, rng)
+        if latents is not None:  # the cached latents, turned as the mask is (pooling commutes with the turn)
+            x0, m = random_dihedral(latents[idx], latent_mask(m, factor), rng)
+        else:
+            x0, m = random_dihedral(to_model_range(images_u8[idx]), m, rng)
         y = labels_t[idx].clone()
         y[torch.rand(len(y), generator=gen) < cfg.cond_drop_prob] = num_classes  # null class
         x0, m = x0.to(accelerator.device), m.to(accelerator.device)
         masked = x0 * (1 - m)
-        if vae is not None:  # the frozen autoencoder's latents: the target, the condition and the mask's grid
+        if vae is not None and latents is None:  # the frozen autoencoder's latents: target, condition, mask grid
             x0, masked, m = encode(vae, x0), encode(vae, masked), latent_mask(m, factor)
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(y),), generator=gen)
