@@ -20,7 +20,7 @@ class DataConfig:
                                        # squash | pad (black sides); the same in prepare, generate and predict
     dataset_masks: bool = True         # use the lesion masks a dataset ships (ham10000) instead of segmenting
     val_fraction: float = 0.15         # held-out real images: model selection and OOD calibration
-    test_fraction: float = 0.2
+    test_fraction: float = 0.2         # held-out real images: the test split (folds: one fold each)
     split_file: Optional[str] = None   # CSV image,split (train/val/test/unused): your own split instead of ours
     folds: Optional[int] = None        # k-fold cross-validation: k runs, fold i the test split of run i (grouped)
     fold: Optional[int] = None         # set per fold by `tailfill run` when folds is set
@@ -40,18 +40,18 @@ class DataConfig:
 class AutoencoderConfig:
     """The autoencoder of latent diffusion (diffusion.space: latent), when tailfill trains it."""
     block_out_channels: list = field(default_factory=lambda: [32, 64, 64])  # 3 levels: latents 4x smaller
-    latent_channels: int = 4
-    layers_per_block: int = 1
-    train_steps: int = 2000
-    batch_size: int = 32
+    latent_channels: int = 4           # channels of the latent grid
+    layers_per_block: int = 1          # resnet blocks per level
+    train_steps: int = 2000            # optimiser steps
+    batch_size: int = 32               # images a step (per process)
     crop_size: Optional[int] = None    # train on random crops of this side (it is fully convolutional; None or >=
                                        # image_size: whole images); 64 at 128 px: a quarter of the pixels a step
-    lr: float = 5e-4
+    lr: float = 5e-4                   # AdamW learning rate
     kl_weight: float = 1e-6            # small: a near-deterministic autoencoder, as in latent diffusion
-    ema_decay: float = 0.999
-    checkpoint_every: int = 250
-    log_every: int = 100
-    mixed_precision: Optional[str] = None
+    ema_decay: float = 0.999           # decay of the weight average that is kept
+    checkpoint_every: int = 250        # steps between atomic checkpoints (resume from the last)
+    log_every: int = 100               # steps between history rows (mean loss)
+    mixed_precision: Optional[str] = None  # no | fp16 | bf16; null: the launcher's
 
 
 @dataclass
@@ -63,25 +63,26 @@ class DiffusionConfig:
                                        # image's latents, encoded once, masked on the latent grid: no encoder a step)
     pretrained: Optional[str] = None   # latent: a local diffusers SD-style inpainting pipeline folder to fine-tune
     finetune: str = "lora"             # pretrained: lora (needs peft) | full
-    lora_rank: int = 8
+    lora_rank: int = 8                 # pretrained + lora: rank of the LoRA adapters
     class_tokens: int = 4              # pretrained: learned cross-attention tokens per class (no text encoder)
+    # UNet widths, one per level (each level halves the side)
     block_out_channels: list = field(default_factory=lambda: [32, 64, 64])
-    layers_per_block: int = 1
+    layers_per_block: int = 1          # resnet blocks per level
     attention: bool = False            # self-attention in the lowest-resolution blocks
     train_steps: int = 400             # optimiser steps (400: the CPU demo's, with Min-SNR and lr 1e-3)
-    batch_size: int = 32
-    lr: float = 1e-3
-    ema_decay: float = 0.995
+    batch_size: int = 32               # images a step (per process)
+    lr: float = 1e-3                   # AdamW learning rate
+    ema_decay: float = 0.995           # decay of the weight average generation uses (generate.use_ema)
     cond_drop_prob: float = 0.1        # label dropout that trains the null class for guidance
-    num_train_timesteps: int = 1000
-    beta_schedule: str = "squaredcos_cap_v2"
+    num_train_timesteps: int = 1000    # the DDPM noise schedule's length
+    beta_schedule: str = "squaredcos_cap_v2"  # its beta schedule (a diffusers name)
     lesion_mask_prob: float = 0.8      # share of training masks that cover the lesion (rest: random shapes)
     mask_loss_weight: float = 4.0      # extra loss weight inside the mask, where the class must show
     class_sampling_power: float = 0.5  # draw class c with p ~ n_c**power: 1 natural, 0 balanced, 0.5 between
     snr_gamma: Optional[float] = 5.0   # Min-SNR-gamma loss weighting (Hang et al. 2023); None: plain epsilon MSE
-    checkpoint_every: int = 250
+    checkpoint_every: int = 250        # steps between atomic checkpoints (resume from the last)
     mixed_precision: Optional[str] = None  # no | fp16 | bf16; null: the launcher's (accelerate launch --mixed_precision)
-    log_every: int = 100
+    log_every: int = 100               # steps between history rows (mean loss)
 
 
 @dataclass
@@ -91,7 +92,7 @@ class GenerateConfig:
     oversample: float = 2.0            # draw this many times the deficit so selection has a choice
     sampler: str = "dpmsolver++"       # ddpm | ddim | dpmsolver++
     steps: int = 12                    # DPM-Solver++ needs few; 20-25 for ddim
-    guidance_scale: float = 3.0
+    guidance_scale: float = 3.0        # classifier-free guidance: 1 plain conditional, higher more class-typical
     latent_clip: Optional[float] = 2.0  # latent space: clip each step's x0 estimate to +-this (latents have unit
                                         # variance; unclipped, a small UNet drifts into blobs); null for SD's UNet
     strength: Union[float, list] = 1.0  # <1: start from the context's own lesion noised this far (SDEdit), not pure
@@ -101,8 +102,8 @@ class GenerateConfig:
     mask_dilation: int = 2             # grow lesion masks (pixels) so the old lesion's rim is replaced too
     batch_size: int = 16               # images a sampling batch (16 suits a CPU; more on a GPU)
     shard_size: int = 64               # images per shard; finished shards are skipped on resume
-    seed: int = 1234
-    use_ema: bool = True
+    seed: int = 1234                   # seed of the plan and noise: each image reproducible on its own
+    use_ema: bool = True               # sample with the weight average (false: the last weights)
 
 
 @dataclass
@@ -122,14 +123,15 @@ class ClassifierConfig:
     backbone: str = "resnet18"         # any timm model name (lite0 = tf_efficientnet_lite0)
     pretrained: bool = False           # timm weights in the local cache, or lite0's from tailfill[lite0]
     input_size: Optional[int] = None   # side the network reads (None: data.image_size; 128: a 64 px cache at lite0's scale)
-    epochs: int = 20
+    epochs: int = 20                   # passes (or steps_per_epoch batches); the best validation epoch is kept
     steps_per_epoch: Optional[int] = None  # batches an epoch, drawn by the method's sampler (null: one pass; a fixed
                                        # budget keeps a fit's cost off the head class's size)
-    batch_size: int = 64
-    lr: float = 2e-3
-    weight_decay: float = 5e-4
+    batch_size: int = 64               # images a batch (per process)
+    lr: float = 2e-3                   # AdamW peak learning rate (one-cycle schedule)
+    weight_decay: float = 5e-4         # AdamW weight decay
+    # the long-tail methods trained on real images, the baselines (docs/usage.md lists them)
     methods: list = field(default_factory=lambda: ["ce", "balanced_sampling", "logit_adjust"])
-    seeds: list = field(default_factory=lambda: [0, 1])
+    seeds: list = field(default_factory=lambda: [0, 1])  # a fit per method and seed; tables give mean, sd, intervals
     mixed_precision: Optional[str] = None  # as diffusion.mixed_precision
     tta: bool = False                  # predictions average the 8 flips and quarter turns (a lesion has no up)
 
@@ -173,8 +175,8 @@ class ExperimentalConfig:
 
 @dataclass
 class Config:
-    run_dir: str = "runs/demo"
-    seed: int = 0
+    run_dir: str = "runs/demo"         # where every stage reads and writes (config.yaml, markers, outputs)
+    seed: int = 0                      # the data split's seed (and the generator's and the control's)
     device: str = "auto"               # auto | cpu | cuda
     report_to: Optional[str] = None    # tensorboard | wandb: training curves to an accelerate tracker as well
     data: DataConfig = field(default_factory=DataConfig)
