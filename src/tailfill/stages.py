@@ -138,7 +138,8 @@ def train_diffusion(run: Run) -> None:
     t0 = time.time()
     tr = run.data.split("train")
     train(tr.images, tr.labels, tr.masks, len(run.data.classes), run.cfg.diffusion, run.paths.diffusion,
-          run.cfg.seed, run.device, resume=True, tracking=run.tracking, vae=_autoencoder(run))
+          run.cfg.seed, run.device, resume=True, tracking=run.tracking, vae=_autoencoder(run),
+          latent_cache=run.cfg.data.cache_dir or run.paths.cache)  # folds share the data cache, and so the latents
     run.mark("train-diffusion", t0)
 
 

@@ -119,3 +119,24 @@ def test_a_run_with_a_taesd_autoencoder_keeps_it_scaled_and_generates(tmp_path):
 
     manifest = pd.read_csv(run / "synthetic" / "manifest.csv")
     assert len(manifest) and (manifest["space"] == "latent").all()
+
+
+def test_latents_are_kept_by_content_so_the_next_fold_encodes_only_its_new_images(tmp_path):
+    from tailfill.generator.train import encode_all
+
+    images = blobs(n=24, size=32, seed=3)[0]
+    _, vae = taesd_folder(tmp_path / "taesd")
+    set_latent_scale(vae, images)
+    seen = []
+    vae.encoder.register_forward_hook(lambda module, inputs, out: seen.append(len(inputs[0])))
+    plain = encode_all(vae, images[:16])
+    first = encode_all(vae, images[:16], cache_dir=tmp_path / "cache")
+    torch.testing.assert_close(first, plain, rtol=2e-3, atol=2e-3)  # kept in fp16
+    seen.clear()
+    second = encode_all(vae, images[8:], cache_dir=tmp_path / "cache")  # a fold sharing half its images
+    assert seen == [8]  # only the 8 new ones went through the encoder
+    torch.testing.assert_close(second[:8], first[8:])
+    seen.clear()
+    vae.register_to_config(scaling_factor=2 * vae.config.scaling_factor)  # another fold's fitted scale
+    torch.testing.assert_close(encode_all(vae, images[8:], cache_dir=tmp_path / "cache"), 2 * second)
+    assert seen == [] and len(list((tmp_path / "cache").glob("latents_*.npz"))) == 1

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 from pathlib import Path
 
@@ -11,10 +12,10 @@ from diffusers import DDPMScheduler
 from scipy import ndimage
 
 from ..data.masks import random_shape_mask
-from ..utils.io import atomic_dir, load_state, recover_dir, save_state, write_json
+from ..utils.io import atomic_dir, atomic_path, load_state, recover_dir, save_state, write_json
 from ..utils.progress import progress
 from ..utils.training import (StepLog, check_finite, class_power_probabilities, digests_per_rank, ema_update, finish_tracking,
-                              kept_checkpoint, make_accelerator, optimizer_step, to_model_range)
+                              kept_checkpoint, make_accelerator, optimizer_step, to_model_range, weights_digest)
 from .pipeline import InpaintPipeline, build_unet, load_unet, model_input
 
 log = logging.getLogger(__name__)
@@ -59,17 +60,34 @@ class MaskSampler:
         return np.where(use_lesion[:, None, None], lesion, random).astype(np.float32)
 
 
-def encode_all(vae, images_u8: np.ndarray, batch_size: int = 64) -> torch.Tensor:
-    """The latents of every image (on the CPU): what ``latent_condition: mask`` trains on, encoded once."""
+def encode_all(vae, images_u8: np.ndarray, batch_size: int = 64, cache_dir: str | Path | None = None) -> torch.Tensor:
+    """The latents of every image (on the CPU): what ``latent_condition: mask`` trains on, encoded once. With
+    ``cache_dir`` they are kept there by autoencoder weights and image content (``latents_<digest>.npz``,
+    unscaled, fp16), so the folds of a cross-validation, which share most of their images, encode each once."""
     from .autoencoder import encode
 
-    bar = progress(len(images_u8), "encoding training images", "image")
-    out = []
-    for i in range(0, len(images_u8), batch_size):
-        out.append(encode(vae, to_model_range(images_u8[i:i + batch_size]).to(vae.device)).float().cpu())
-        bar.update(len(out[-1]))
+    scale, shift = vae.config.scaling_factor, getattr(vae.config, "shift_factor", None) or 0.0
+    keys = np.array([hashlib.sha1(np.ascontiguousarray(im).tobytes()).hexdigest()[:20] for im in images_u8])
+    path = Path(cache_dir) / f"latents_{weights_digest(vae)}.npz" if cache_dir else None
+    known = {}
+    if path is not None and path.is_file():
+        with np.load(path) as f:
+            known = dict(zip(f["keys"].tolist(), f["latents"]))
+    todo = [i for i, k in enumerate(keys) if k not in known]
+    bar = progress(len(todo), "encoding training images", "image")
+    for start in range(0, len(todo), batch_size):
+        rows = todo[start:start + batch_size]
+        z = encode(vae, to_model_range(np.stack([images_u8[i] for i in rows])).to(vae.device)).float().cpu()
+        for i, zi in zip(rows, (z / scale + shift).numpy().astype(np.float16)):
+            known[keys[i]] = zi
+        bar.update(len(rows))
     bar.close()
-    return torch.cat(out)
+    if path is not None and todo:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, keys=np.array(list(known)), latents=np.stack(list(known.values())))
+    if path is not None and len(keys) and not todo:
+        log.info("diffusion: the latents of all %d training images came from %s", len(keys), path)
+    return (torch.from_numpy(np.stack([known[k] for k in keys]).astype(np.float32)) - shift) * scale
 
 
 def random_dihedral(x: torch.Tensor, m: torch.Tensor, rng: np.random.Generator):
@@ -83,7 +101,7 @@ def random_dihedral(x: torch.Tensor, m: torch.Tensor, rng: np.random.Generator):
 
 def train_diffusion(images_u8: np.ndarray, labels: np.ndarray, lesion_masks: np.ndarray, num_classes: int,
                     cfg, out_dir: str | Path, seed: int = 0, device: str = "auto", resume: bool = True,
-                    tracking=None, vae=None) -> Path:
+                    tracking=None, vae=None, latent_cache: str | Path | None = None) -> Path:
     """Train the inpainting model on all classes; returns the checkpoint folder, an :class:`InpaintPipeline`
     (``unet/``, ``unet_ema/``, ``scheduler/``) plus the optimiser state.
 
@@ -93,7 +111,8 @@ def train_diffusion(images_u8: np.ndarray, labels: np.ndarray, lesion_masks: np.
     Runs under Hugging Face Accelerate: launch with ``accelerate launch`` for several GPUs. With ``vae``
     (a frozen autoencoder) the UNet learns the same task on its latents (latent diffusion); with
     ``cfg.latent_condition: mask`` each training image is encoded once, before the first step, and the
-    condition is its latents masked on the latent grid, so a step runs no autoencoder.
+    condition is its latents masked on the latent grid, so a step runs no autoencoder (``latent_cache``: where
+    :func:`encode_all` keeps them for the next fold).
     """
     from diffusers.training_utils import compute_snr
 
@@ -107,7 +126,8 @@ def train_diffusion(images_u8: np.ndarray, labels: np.ndarray, lesion_masks: np.
 
         vae = vae.to(accelerator.device).eval().requires_grad_(False)
         factor, channels = downscale(vae), vae.config.latent_channels
-    latents = encode_all(vae, images_u8) if vae is not None and cfg.latent_condition == "mask" else None
+    latents = encode_all(vae, images_u8, cache_dir=latent_cache) if vae is not None and cfg.latent_condition == "mask" \
+        else None
     torch.manual_seed(seed)  # same initial weights on every process and every run
     if cfg.pretrained:  # a pretrained SD-style inpainting UNet, fine-tuned with learned class tokens
         from .sd_inpaint import ClassConditionedUNet
