@@ -103,7 +103,7 @@ def _dispatch(args) -> int:
     if args.command == "show-config":
         from .config import load_config
 
-        print(load_config(args.config, args.set).to_yaml(), end="")
+        print(load_config(args.config, args.set).to_yaml(comments=True), end="")
         return 0
 
     if args.command == "upgrade-config":

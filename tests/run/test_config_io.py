@@ -158,3 +158,16 @@ def test_the_archived_ham10000_record_resumes_without_recomputing_a_finished_run
     finished = [Run(cfg) for name in spec.variants for _, _, cfg in spec.runs(name) if Run(cfg).paths.results.is_file()]
     assert len(finished) >= 5
     assert {str(r.dir): r.config_changes() for r in finished} == {str(r.dir): [] for r in finished}
+
+
+def test_show_config_gives_every_key_its_comment_and_reads_back_as_the_config(capsys):
+    import yaml
+
+    from tailfill.cli import main
+
+    assert main(["show-config", "--set", "mixing.share=0.5"]) == 0
+    text = capsys.readouterr().out
+    keys = [line for line in text.splitlines() if line.strip()]
+    missing = [line.split(":")[0].strip() for line in keys if "  # " not in line]
+    assert missing == [], f"config fields without a comment in config/sections.py: {missing}"
+    assert yaml.safe_load(text) == load_config(None, ["mixing.share=0.5"]).to_dict()

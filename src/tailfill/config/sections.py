@@ -10,6 +10,7 @@ import yaml
 
 @dataclass
 class DataConfig:
+    """The dataset, its splits and the resized cache every stage reads (data/)."""
     kind: str = "demo"                 # demo | isic2019 | ham10000 | folder | csv
     root: Optional[str] = None         # dataset root (demo: where to draw it; default <run_dir>/demo_data)
     csv: Optional[str] = None          # kind=csv: CSV with columns image,label[,lesion_id]; isic2019/ham10000:
@@ -56,6 +57,7 @@ class AutoencoderConfig:
 
 @dataclass
 class DiffusionConfig:
+    """The inpainting diffusion model and its training (generator/train.py)."""
     space: str = "pixel"               # pixel | latent (a UNet on an autoencoder's latents: more px per CPU-minute)
     vae: Optional[str] = None          # latent: a local pretrained autoencoder (AutoencoderKL, or TAESD files such as
                                        # ../shared/models/taef2); None: train one (autoencoder.*)
@@ -87,6 +89,7 @@ class DiffusionConfig:
 
 @dataclass
 class GenerateConfig:
+    """Which classes get how many synthetic images, and how they are drawn (generator/generate.py)."""
     classes: Union[str, list] = "tail"  # "tail" (below the median count), "all", or a list of class names
     target: Union[str, int] = "median"  # fill each chosen class up to this many training images ("median"|"max"|int)
     oversample: float = 2.0            # draw this many times the deficit so selection has a choice
@@ -108,6 +111,7 @@ class GenerateConfig:
 
 @dataclass
 class SelectConfig:
+    """The OOD post-selection of synthetic images, calibrated on held-out real ones (selection/)."""
     method: str = "mahalanobis"        # mahalanobis | knn | none
     k: int = 5                         # knn: neighbours
     real_quantile: float = 0.95        # threshold = this quantile of held-out real scores of the class
@@ -120,6 +124,7 @@ class SelectConfig:
 
 @dataclass
 class ClassifierConfig:
+    """The classifier network, its optimiser and the long-tail methods it is trained with (classifier/train.py)."""
     backbone: str = "resnet18"         # any timm model name (lite0 = tf_efficientnet_lite0)
     pretrained: bool = False           # timm weights in the local cache, or lite0's from tailfill[lite0]
     input_size: Optional[int] = None   # side the network reads (None: data.image_size; 128: a 64 px cache at lite0's scale)
@@ -175,6 +180,7 @@ class ExperimentalConfig:
 
 @dataclass
 class Config:
+    """A run: where it lives, its seed and device, and one section per part of the pipeline."""
     run_dir: str = "runs/demo"         # where every stage reads and writes (config.yaml, markers, outputs)
     seed: int = 0                      # the data split's seed (and the generator's and the control's)
     device: str = "auto"               # auto | cpu | cuda
@@ -192,5 +198,47 @@ class Config:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+    def to_yaml(self, comments: bool = False) -> str:
+        """The config as YAML; with ``comments``, each key followed by its field's comment (``show-config``)."""
+        if not comments:
+            return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        lines = []
+        for top in dataclasses.fields(self):
+            value = getattr(self, top.name)
+            fields = dataclasses.fields(value) if dataclasses.is_dataclass(value) else [top]
+            notes = field_comments(type(value) if dataclasses.is_dataclass(value) else Config)
+            if dataclasses.is_dataclass(value):
+                doc = (type(value).__doc__ or "").strip().split("\n")[0]  # every section has a docstring
+                lines.append(f"{top.name}:" + (f"  # {doc}" if doc else ""))
+            for f in fields:
+                item = getattr(value, f.name) if dataclasses.is_dataclass(value) else value
+                text = yaml.safe_dump(item, default_flow_style=True, width=10**6).strip().removesuffix("\n...").strip()
+                line = ("  " if dataclasses.is_dataclass(value) else "") + f"{f.name}: {text}"
+                lines.append(line + (f"  # {notes[f.name]}" if notes.get(f.name) else ""))
+        return "\n".join(lines) + "\n"
+
+
+def field_comments(cls) -> dict[str, str]:
+    """Each field of dataclass ``cls`` -> its comment in this file (the line's, with its continuation lines,
+    or the line above when the field line has none)."""
+    import inspect
+    import io
+    import tokenize
+
+    out, last, pending = {}, None, []
+    for tok in tokenize.generate_tokens(io.StringIO(inspect.getsource(cls)).readline):
+        if tok.type == tokenize.COMMENT:
+            text = tok.string.lstrip("#").strip()
+            if last is not None and tok.start[0] == last[1]:        # on the field's line
+                out[last[0]] = text
+            elif last is not None and tok.start[0] == last[2] + 1 and tok.start[1] > 4 and last[0] in out:  # continued
+                out[last[0]] += " " + text
+                last = (last[0], last[1], tok.start[0])
+            else:
+                pending.append(text)
+        elif tok.type == tokenize.NAME and tok.start[1] == 4:       # a field (or method) name in the class body
+            last = (tok.string, tok.start[0], tok.start[0])
+            if pending:
+                out.setdefault(tok.string, " ".join(pending))
+            pending = []
+    return out
