@@ -86,10 +86,8 @@ def train_autoencoder(run: Run) -> None:
     """Latent diffusion only: train the autoencoder on the training split (or take diffusion.vae), then
     measure its reconstruction PSNR on the validation split and keep a few reconstructions."""
     from .evaluation.plots import image_grid
-    from .generator.autoencoder import decode, encode, load_vae, reconstruction_psnr, set_latent_scale
+    from .generator.autoencoder import decode, encode, pretrained_autoencoder, reconstruction_psnr
     from .generator.autoencoder import train_autoencoder as train
-    from .generator.tiny_autoencoder import is_taesd_folder
-    from .utils.io import atomic_dir
     from .utils.training import to_model_range, to_uint8
 
     t0 = time.time()
@@ -97,12 +95,9 @@ def train_autoencoder(run: Run) -> None:
         run.mark("train-autoencoder", t0, skipped="pixel-space diffusion")
         return
     if run.cfg.diffusion.vae or run.cfg.diffusion.pretrained:
-        vae = load_vae(run.cfg.diffusion.vae or run.cfg.diffusion.pretrained, run.device)
-        if run.cfg.diffusion.vae and is_taesd_folder(run.cfg.diffusion.vae):  # shipped without a latent scale:
-            set_latent_scale(vae, run.data.split("train").images, run.cfg.seed)  # fit it here, keep it with the run
-            if process_info().is_main:
-                with atomic_dir(run.paths.autoencoder / "vae") as tmp:
-                    vae.save_pretrained(tmp)
+        vae = pretrained_autoencoder(run.cfg.diffusion.vae or run.cfg.diffusion.pretrained,
+                                     run.data.split("train").images, run.paths.autoencoder / "vae", run.cfg.seed,
+                                     run.device, process_info().is_main)
     else:
         vae = train(run.data.split("train").images, run.cfg.autoencoder, run.paths.autoencoder, run.cfg.seed,
                     run.device, resume=True, tracking=run.tracking)

@@ -62,6 +62,22 @@ def downscale(vae) -> int:
     return getattr(vae.config, "downscale_factor", None) or 2 ** (len(vae.config.block_out_channels) - 1)
 
 
+def pretrained_autoencoder(path: str | Path, images_u8: np.ndarray, keep: str | Path, seed: int = 0,
+                           device: str = "cpu", write: bool = True):
+    """The local pretrained autoencoder at ``path`` for a run: one of the TAESD family ships without a latent
+    scale, so its scale is fitted on ``images_u8`` (the training split) and the result kept at ``keep`` (with
+    ``write``: the main process), where the run reads it from then on."""
+    from .tiny_autoencoder import is_taesd_folder
+
+    vae = load_vae(path, device)
+    if is_taesd_folder(path):
+        set_latent_scale(vae, images_u8, seed)
+        if write:
+            with atomic_dir(keep) as tmp:
+                vae.save_pretrained(tmp)
+    return vae
+
+
 def set_latent_scale(vae, images_u8: np.ndarray, seed: int = 0, n: int = 256):
     """Set ``vae``'s ``scaling_factor`` so that the latents of ``n`` of ``images_u8`` have unit variance, as
     the diffusion model expects (Stable Diffusion's 0.18215 is the same idea); returns ``vae``."""
