@@ -93,10 +93,12 @@ def test_latents_encoded_once_train_without_the_encoder_each_step_and_generation
     assert len(calls) == 1  # the image once; its masked copy is not encoded again
     outside = m.expand_as(x) == 0
     assert torch.equal(out[outside], x[outside]) and not torch.allclose(out[~outside], x[~outside])
-    with pytest.raises(ValueError, match="diffusion.latent_condition"):
-        from tailfill.config import load_config
+    from tailfill.config import load_config
 
+    with pytest.raises(ValueError, match="diffusion.latent_condition"):
         load_config(None, ["diffusion.latent_condition=pixels"])
+    with pytest.raises(ValueError, match="latent_condition: mask does not fit diffusion.pretrained"):
+        load_config(None, ["diffusion.space=latent", "diffusion.pretrained=sd", "diffusion.latent_condition=mask"])
 
 
 @pytest.mark.slow

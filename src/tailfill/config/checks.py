@@ -143,6 +143,8 @@ def validate(cfg: Config) -> None:
         check(mp is None or mp in ("no", "fp16", "bf16"), f"{key}.mixed_precision is no, fp16, bf16 or null")
     one_of(cfg.diffusion.space, ("pixel", "latent"), "diffusion.space")
     one_of(cfg.diffusion.latent_condition, ("encode", "mask"), "diffusion.latent_condition")
+    check(not (cfg.diffusion.pretrained and cfg.diffusion.latent_condition == "mask"), "diffusion.latent_condition: "
+          "mask does not fit diffusion.pretrained (an SD inpainting UNet learnt the encoded masked image): use encode")
     check(not cfg.diffusion.pretrained or cfg.diffusion.space == "latent", "diffusion.pretrained needs "
           "diffusion.space=latent")
     one_of(cfg.diffusion.finetune, ("lora", "full"), "diffusion.finetune")

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel
 
-
 from ..utils.io import read_json, write_json
 from .schedulers import SCHEDULERS
+
 
 def build_unet(image_size: int, num_classes: int, block_out_channels=(32, 64, 64), layers_per_block: int = 1,
                attention: bool = False, channels: int = 3) -> UNet2DModel:
