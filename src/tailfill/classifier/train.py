@@ -38,7 +38,8 @@ def train_classifier(train_images: np.ndarray, train_labels: np.ndarray, val_ima
     the images ``synthetic`` marks are drawn (``share``, ``rebalances``), ``head.retrain`` then re-trains the
     head on the real images only (:func:`~tailfill.classifier.crt.retrain_head`), and ``experimental`` holds
     ``synthetic_loss_weight``, ``ema_decay`` (validate and keep a moving average) and ``keep: last``.
-    ``soft_labels = (source_labels, target_weight)`` per image: image i counts ``target_weight[i]`` as its label and the rest as ``source_labels[i]``.
+    ``soft_labels = (source_labels, target_weight)`` per image: image i counts ``target_weight[i]`` as its label
+    and the rest as ``source_labels[i]``.
     """
     c, mix, exp = cfg.classifier, cfg.mixing, cfg.experimental
     spec = METHODS.get(method)

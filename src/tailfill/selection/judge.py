@@ -55,7 +55,9 @@ def class_fidelity(model, synthetic, labels, val, classes: list) -> tuple[list, 
     One view, as the OOD features are (without the 8 of ``classifier.tta``); ``val`` has ``images`` and ``labels``."""
     pred = model.logits(synthetic).argmax(1)
     val_pred = model.logits(val.images).argmax(1)
-    fidelity = {classes[c]: {"synthetic": float(np.mean(pred[labels == c] == c)),
-                             "real_val": float(np.mean(val_pred[val.labels == c] == c)) if np.any(val.labels == c) else None}
+    def own(pred_of, truth, c):
+        return float(np.mean(pred_of[truth == c] == c)) if np.any(truth == c) else None
+
+    fidelity = {classes[c]: {"synthetic": own(pred, labels, c), "real_val": own(val_pred, val.labels, c)}
                 for c in np.unique(labels)}
     return [classes[i] for i in pred], fidelity

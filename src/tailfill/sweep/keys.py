@@ -22,7 +22,8 @@ STAGE_INPUTS = {
                            "mixing.fill_with"], ["prepare"]),
     "train-diffusion": (["seed", "device", "diffusion", "mixing.fill_with"], ["prepare", "train-autoencoder"]),
     "generate": (["device", "generate", "mixing.fill_with"], ["train-diffusion"]),
-    "select": (["select", *SELECT_EXPERIMENTAL, "mixing.fill_with"], ["generate", "train-baseline"]),  # the feature model's fit
+    # select reads the feature model's fit (train-baseline)
+    "select": (["select", *SELECT_EXPERIMENTAL, "mixing.fill_with"], ["generate", "train-baseline"]),
     "train-augmented": (FIT_SETTINGS + ["mixing", "experimental"], ["select"]),
     # the real-oversampling control reads no generator: each class's deficit (generate.classes, .target) is
     # filled with its own real images, drawn by the run's seed

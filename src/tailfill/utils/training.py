@@ -271,7 +271,8 @@ class StepLog:
     def __init__(self, name: str, accelerator, bar, history: list, total: int, log_every: int,
                  checkpoint_every: int, batch_size: int):
         self.name, self.accelerator, self.bar, self.history = name, accelerator, bar, history
-        self.total, self.log_every, self.checkpoint_every, self.batch_size = total, log_every, checkpoint_every, batch_size
+        self.total, self.log_every, self.checkpoint_every = total, log_every, checkpoint_every
+        self.batch_size = batch_size
         self.running, self.t0 = [], time.time()
 
     def after(self, step: int, loss: float) -> bool:
