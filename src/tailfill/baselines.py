@@ -31,11 +31,16 @@ def best_baseline(run: Run) -> str:
     return best_method(results)
 
 
+def feature_method(run: Run) -> str:
+    """The baseline whose features select scores (``select.feature_method``, or the best on validation)."""
+    return run.cfg.select.feature_method or best_baseline(run)
+
+
 def feature_model(run: Run):
     """The classifier whose features the OOD selector scores: select.feature_method, or the best baseline."""
     from .classifier.model import TrainedClassifier
 
-    method = run.cfg.select.feature_method or best_baseline(run)
+    method = feature_method(run)
     path = run.paths.classifier("baseline", method, run.cfg.classifier.seeds[0])
     if not (path / "model.safetensors").is_file():
         raise RunDirError(f"no baseline classifier at {path} for OOD features; check select.feature_method")
@@ -44,7 +49,7 @@ def feature_model(run: Run):
 
 def feature_model_quality(run: Run) -> dict:
     """How well the OOD feature classifier does on validation; near chance, its OOD scores mean little."""
-    method = run.cfg.select.feature_method or best_baseline(run)
+    method = feature_method(run)
     metrics = read_json(run.paths.classifier("baseline", method, run.cfg.classifier.seeds[0]) / "metrics.json")
     bacc, chance = metrics["val"]["balanced_accuracy"], 1 / len(run.data.classes)
     near = bool(bacc < 1.5 * chance)

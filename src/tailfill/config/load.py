@@ -35,10 +35,10 @@ def upgrade_config(values: dict) -> list[tuple[str, str]]:
         (o_sec, o_key), (n_sec, n_key) = old.split("."), new.split(".")
         section = values.get(o_sec)
         if isinstance(section, dict) and o_key in section:
-            target = values.setdefault(n_sec, {}) or {}
-            values[n_sec] = target
-            if isinstance(target, dict):
-                target[n_key] = section.pop(o_key)
+            if values.get(n_sec) is None:  # absent, or written as an empty section
+                values[n_sec] = {}
+            if isinstance(values[n_sec], dict):
+                values[n_sec][n_key] = section.pop(o_key)
                 done.append((old, new))
     return done
 

@@ -28,9 +28,9 @@ from .keys import (  # noqa: F401
                    _digest,
                    _fields,
                    baseline_keys,
-                   feature_method,
                    stage_key,
 )
+from ..baselines import feature_method  # noqa: F401
 from .spec import CONTROLS, SweepSpec, run_sweep  # noqa: F401
 from .store import Store  # noqa: F401
 from .archive import archive  # noqa: F401

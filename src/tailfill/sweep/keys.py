@@ -5,7 +5,6 @@ import hashlib
 import json
 
 from ..config import Config
-from ..run import Run
 
 PER_FIT = ("methods", "seeds")  # a fit's own method and seed join its key instead
 # what every classifier fit reads (baseline or augmented): two rows compare only when these agree
@@ -72,10 +71,3 @@ def stage_key(cfg: Config, stage: str, method: str | None = None, seed: int | No
 def baseline_keys(cfg: Config) -> list[str]:
     c = cfg.classifier
     return [stage_key(cfg, "train-baseline", m, s) for m in c.methods for s in c.seeds]
-
-
-def feature_method(run: Run) -> str:
-    """The baseline whose features select scores (``select.feature_method``, or the best on validation)."""
-    from ..baselines import best_baseline
-
-    return run.cfg.select.feature_method or best_baseline(run)

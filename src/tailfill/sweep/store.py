@@ -9,7 +9,8 @@ from pathlib import Path
 
 from ..run import Run
 from ..utils.io import read_json, write_json, write_text
-from .keys import STAGE_OUTPUTS, feature_method, stage_key
+from ..baselines import feature_method
+from .keys import STAGE_OUTPUTS, stage_key
 
 log = logging.getLogger(__name__)
 
