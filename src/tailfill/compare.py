@@ -111,6 +111,20 @@ def comparison_table(frame: pd.DataFrame, tail: list[str]) -> pd.DataFrame:
     return pd.DataFrame(lines).astype(object).fillna("")
 
 
+def fold_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Balanced accuracy of every model on each fold (mean over its seeds and splits) and over the folds; empty
+    unless the runs have two folds or more. A fold a model has not run yet is blank and left out of its mean."""
+    if frame["fold"].nunique() < 2:
+        return pd.DataFrame()
+    by_fold = frame.groupby(["model", "fold"], sort=False)["bacc"].mean().unstack("fold")
+    by_fold = by_fold.reindex(index=frame["model"].unique(), columns=sorted(by_fold.columns))
+    table = by_fold.map(lambda v: "" if pd.isna(v) else f"{v:.3f}")
+    table.columns = [f"fold {f}" for f in by_fold.columns]
+    table["folds run"] = by_fold.notna().sum(axis=1).astype(str)
+    table["mean"] = by_fold.mean(axis=1).map(lambda v: f"{v:.3f}")
+    return table.reset_index()
+
+
 def pool_table(spec) -> pd.DataFrame:
     """The selection funnel and realism AUROC of every synthetic variant's pool, over its folds."""
     lines = []
@@ -162,7 +176,7 @@ def compare(spec) -> str:
     if train_counts:
         tail = sorted(train_counts, key=train_counts.get)[:4]
     table = comparison_table(frame, tail)
-    pools = pool_table(spec)
+    folds, pools = fold_table(frame), pool_table(spec)
     write_csv(spec.out / "results.csv", frame.drop(columns=["fit", "settings"]))
     lines = [f"# Sweep {spec.out.name}", "",
              f"{len(frame)} runs ({', '.join(f'{n} {r}' for r, n in counts.items())}); balanced accuracy on each "
@@ -171,6 +185,9 @@ def compare(spec) -> str:
              "seed) against the strongest real-only row (baseline or control) with the same "
              "classifier settings, with a 95 % bootstrap interval over those pairs; `up` counts the pairs it won. "
              f"Tail recalls: {', '.join(tail)}.", "", to_markdown(table), ""]
+    if len(folds):
+        lines += ["## By fold", "", "Balanced accuracy per fold (mean over seeds), and over the folds run.", "",
+                  to_markdown(folds), ""]
     if len(pools):
         lines += ["## Pools: the selection funnel", "", to_markdown(pools), ""]
     lines += ["Every run is an ordinary run directory of the sweep (`<variant>/`, or `<variant>/fold_<i>/`); "

@@ -240,3 +240,17 @@ def test_archive_keeps_finished_runs_only_and_no_weights(tmp_path):
     assert (tmp_path / "kept" / "sweep.yaml").is_file()
     with pytest.raises(ValueError, match="own directory"):
         archive(spec, spec.out)
+
+
+def test_fold_table_gives_each_fold_its_column_and_leaves_a_missing_fold_out_of_the_mean():
+    from tailfill.compare import fold_table
+
+    rows = [{"model": "baseline:ce", "fold": f, "seed": s, "bacc": 0.5 + 0.1 * f + 0.02 * s}
+            for f in (0, 1, 2) for s in (0, 1)]
+    rows += [{"model": "synth", "fold": f, "seed": 0, "bacc": 0.6 + 0.1 * f} for f in (0, 1)]  # fold 2 not run yet
+    table = fold_table(pd.DataFrame(rows)).set_index("model")
+    assert list(table.columns) == ["fold 0", "fold 1", "fold 2", "folds run", "mean"]
+    assert table.loc["baseline:ce", "fold 1"] == "0.610" and table.loc["baseline:ce", "mean"] == "0.610"
+    assert table.loc["synth", "fold 2"] == "" and table.loc["synth", "folds run"] == "2"
+    assert table.loc["synth", "mean"] == "0.650"
+    assert fold_table(pd.DataFrame(rows).assign(fold=0)).empty  # one fold: nothing to add
