@@ -162,6 +162,40 @@ def pool_table(spec) -> pd.DataFrame:
     return pd.DataFrame(lines)
 
 
+def stage_times(spec) -> pd.DataFrame:
+    """Seconds each stage took where it was computed (not linked from the store, not skipped), by the variant
+    that computed it, over folds: a shared stage counts once. Classifier fits are timed one by one."""
+    from .sweep.keys import STAGE_OUTPUTS
+
+    rows, seen = [], set()
+    for name in spec.variants:
+        for split, fold, cfg in spec.runs(name):
+            run = Run(cfg)
+            for stage in STAGE_OUTPUTS:
+                m = read_json(run.paths.marker(stage)) if run.paths.marker(stage).is_file() else {}
+                unit = (stage, m.get("key"), split, fold)
+                if m and not m.get("shared") and not m.get("skipped") and unit not in seen:
+                    seen.add(unit)
+                    rows.append({"stage": stage, "variant": name, "seconds": m["seconds"], "images": m.get("images")})
+            for kind, method, seed, path in run.paths.fits(file="metrics.json"):
+                m = read_json(path / "metrics.json")
+                unit = (kind, method, seed, split, fold, "" if kind == "baseline" else name)
+                if m.get("train_seconds") and unit not in seen:
+                    seen.add(unit)
+                    rows.append({"stage": f"{kind} fit: {method}", "variant": "" if kind == "baseline" else name,
+                                 "seconds": m["train_seconds"], "images": None})
+    if not rows:
+        return pd.DataFrame()
+    frame = pd.DataFrame(rows)
+    lines = []
+    for (stage, variant), g in frame.groupby(["stage", "variant"], sort=False):
+        images = g["images"].dropna()
+        lines.append({"stage": stage, "computed by": variant, "runs": len(g), "seconds": f"{g['seconds'].mean():.0f}",
+                      "range": f"{g['seconds'].min():.0f}-{g['seconds'].max():.0f}" if len(g) > 1 else "",
+                      "images": f"{images.mean():.0f}" if len(images) else ""})
+    return pd.DataFrame(lines)
+
+
 def compare(spec) -> str:
     """Write ``compare.md`` and ``results.csv`` in the sweep's directory; returns the Markdown."""
     from .evaluation.tables import to_markdown
@@ -176,7 +210,7 @@ def compare(spec) -> str:
     if train_counts:
         tail = sorted(train_counts, key=train_counts.get)[:4]
     table = comparison_table(frame, tail)
-    folds, pools = fold_table(frame), pool_table(spec)
+    folds, pools, times = fold_table(frame), pool_table(spec), stage_times(spec)
     write_csv(spec.out / "results.csv", frame.drop(columns=["fit", "settings"]))
     lines = [f"# Sweep {spec.out.name}", "",
              f"{len(frame)} runs ({', '.join(f'{n} {r}' for r, n in counts.items())}); balanced accuracy on each "
@@ -190,6 +224,10 @@ def compare(spec) -> str:
                   to_markdown(folds), ""]
     if len(pools):
         lines += ["## Pools: the selection funnel", "", to_markdown(pools), ""]
+    if len(times):
+        lines += ["## Stage times", "", "Seconds a stage took in the run that computed it (mean and range over "
+                  "folds; a stage shared from the store counts once; `images`: images generated). Times are "
+                  "the machine's and its load's at the time.", "", to_markdown(times), ""]
     lines += ["Every run is an ordinary run directory of the sweep (`<variant>/`, or `<variant>/fold_<i>/`); "
               "`results.csv` beside this page has one row per run.", ""]
     text = "\n".join(lines)

@@ -1,4 +1,5 @@
 """tailfill sweep: variants as ordinary runs, stage outputs shared by key; tailfill compare builds the tables."""
+import re
 
 import pandas as pd
 import pytest
@@ -113,6 +114,10 @@ def test_tiny_sweep_shares_every_identical_stage_and_compare_builds_the_table(tm
     for row in ("baseline:ce", "baseline:logit_adjust", "guidance_2", "guidance_3", "real_oversample", "vs reference",
                 "fidelity, real", "realism AUROC"):
         assert row in page, row
+    times = page[page.index("## Stage times"):]  # each computed stage once, by the variant that computed it
+    assert times.count("| train-diffusion |") == 1 and "| generate | guidance_3 | 1 |" in times
+    assert "| baseline fit: ce |  | 2 |" in times
+    assert re.search(r"\| augmented fit: \w+ \| real_oversample \| 2 \|", times)
     results = pd.read_csv(out / "results.csv")
     assert {"dataset", "size", "variant", "fold", "seed", "bacc", "R_DF"} <= set(results.columns)
     assert results.groupby("role").size().to_dict() == {"baseline": 4, "control": 2, "synthetic": 4}
