@@ -147,16 +147,16 @@ def test_a_run_saved_in_the_old_layout_opens_and_resumes_unchanged(tmp_path):
     run.initialise(resume=True)  # no "config differs" error
 
 
-@pytest.mark.parametrize("record, spec_file", [("sweep", "sweep_ham10000.yaml"),
+@pytest.mark.parametrize("folder, spec_file", [("sweep", "sweep_ham10000.yaml"),
                                                ("sweep_128px", "sweep_ham10000_128px.yaml")])
-def test_the_archived_ham10000_record_resumes_without_recomputing_a_finished_run(record, spec_file):
+def test_the_archived_ham10000_record_resumes_without_recomputing_a_finished_run(folder, spec_file):
     """The HAM10000 tables run over several sessions from their record in docs/benchmarks/ham10000/ (the 64 px
     one written before the config moved keys): each finished run's saved config must read as today's spec
     makes it, or a resumed sweep would compute it again."""
     from tailfill.run import Run
     from tailfill.sweep import SweepSpec
 
-    record = REPO / "docs" / "benchmarks" / "ham10000" / record
+    record = REPO / "docs" / "benchmarks" / "ham10000" / folder
     spec = SweepSpec.load(REPO / "benchmarks" / spec_file, str(record))
     finished = [Run(cfg) for name in spec.variants for _, _, cfg in spec.runs(name) if Run(cfg).paths.results.is_file()]
     assert len(finished) >= 5
