@@ -156,6 +156,9 @@ def generate(run: Run) -> None:
         write_csv(run.paths.plan, make_plan(tr.frame, run.data.classes, deficits(run), run.cfg.generate))
     proc.barrier()
     plan = read_table(run.paths.plan)
+    if len(plan) == 0:  # the augmented row then trains on the real images alone
+        log.warning("generate: no class of generate.classes (%s) is under its target (generate.target: %s): "
+                    "nothing to generate", run.cfg.generate.classes, run.cfg.generate.target)
     log.info("generate: %d images for %s", len(plan), {k: int(v) for k, v in plan["class"].value_counts().items()})
     make(plan, tr.images, tr.masks, run.paths.checkpoint, run.paths.synthetic, run.cfg.generate, run.device,
          proc.rank, proc.world)

@@ -158,3 +158,43 @@ def test_shared_ham10000_loads_with_its_masks():
                           "SCC": 166}
     masks, found = d.masks.load(d.frame["image"][:20], 32)
     assert found.all() and 0.05 < masks.mean() < 0.9
+
+
+def test_the_shipped_ham10000_config_runs_end_to_end_and_scores_another_ham_folder(tmp_path):
+    """configs/ham10000.yaml as shipped (its recipe, mixing and resize rule), with only the sizes and step
+    budgets cut: it runs end to end on a HAM-layout folder, and `evaluate` scores a second such folder."""
+    import json
+
+    import yaml
+
+    from tailfill.cli import main
+    from conftest import REPO
+
+    shipped = yaml.safe_load((REPO / "configs" / "ham10000.yaml").read_text())
+    vae = shipped.get("diffusion", {}).get("vae")
+    synthetic = shipped.get("mixing", {}).get("fill_with", "synthetic") == "synthetic"
+    if synthetic and vae and not (REPO / vae).is_dir():
+        pytest.skip(f"the config's autoencoder {vae} is not present")
+    # the head classes twice the tail's, so a synthetic recipe has a deficit to fill
+    root, _, _ = write_ham(tmp_path / "ham", DX * 6 + DX[:8] * 6, ISIC * 6 + ISIC[:8] * 6)
+    other, _, _ = write_ham(tmp_path / "hospital", DX * 2, ISIC * 2, masks=None)
+    run_dir = tmp_path / "run"
+    cut = [f"run_dir={run_dir}", f"data.root={root}", "data.image_size=32", "data.workers=1",
+           "classifier.backbone=resnet10t", "classifier.pretrained=false", "classifier.input_size=32",
+           "classifier.epochs=2", "classifier.steps_per_epoch=2", "classifier.batch_size=16",
+           "diffusion.train_steps=10", "diffusion.block_out_channels=[16,32]", "diffusion.batch_size=8",
+           "diffusion.checkpoint_every=5", "generate.steps=2", "generate.batch_size=8", "generate.shard_size=8"]
+    assert main(["run", "--config", str(REPO / "configs" / "ham10000.yaml"), *sum((["--set", c] for c in cut), [])]) == 0
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["mixing"] == {**saved["mixing"], **shipped["mixing"]}  # the shipped recipe is the one run
+    assert saved["data"]["resize"] == shipped["data"]["resize"]
+    # the real-only recipe draws nothing; a synthetic one draws its pool
+    manifest = run_dir / "synthetic" / "manifest.csv"
+    assert manifest.is_file() == synthetic and (not synthetic or len(pd.read_csv(manifest)) > 0)
+    report = (run_dir / "report" / "report.md").read_text()
+    assert "balanced" in report.lower()
+    assert main(["evaluate", "--run-dir", str(run_dir), "--data-root", str(other), "--data-kind", "ham10000",
+                 "--name", "hospital"]) == 0
+    summary = json.loads((run_dir / "results" / "external" / "hospital" / "summary.json").read_text())
+    assert summary["kind"] == "ham10000" and summary["images"] == 2 * len(DX)
+    assert {"augmented", "baseline"} <= {m.split(":")[0] for m in summary["models"]}

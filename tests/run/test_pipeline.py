@@ -309,3 +309,28 @@ def test_two_processes_share_the_work_and_stay_in_sync(finished_run, tmp_path):
     assert manifest["file"].tolist() == plan["file"].tolist()
     one = pd.read_csv(finished_run[0] / "synthetic" / "plan.csv")
     pd.testing.assert_frame_equal(plan, one)  # the same plan as a 1-process run (same split, same seeds)
+
+
+def test_nothing_to_generate_leaves_the_augmented_row_on_real_images(finished_run, tmp_path, caplog):
+    """A target every class already meets plans no image: generate, select and train-augmented still run
+    (an empty plan once wrote a CSV without a header, which generate could not read back)."""
+    import shutil
+
+    from tailfill.run import Run
+    from tailfill.stages import generate, select, train_augmented
+    from tailfill.utils.io import read_table, write_text
+
+    copy = tmp_path / "run"
+    shutil.copytree(finished_run[0], copy)
+    run = Run.open(copy)
+    run.cfg.generate.target, run.cfg.classifier.epochs = 1, 1
+    write_text(run.paths.config, run.cfg.to_yaml())
+    for folder in (run.paths.synthetic, run.paths.selection.parent, run.paths.classifiers / "augmented"):
+        shutil.rmtree(folder)
+    generate(run)
+    assert "nothing to generate" in caplog.text
+    assert len(read_table(run.paths.plan)) == 0 and "class" in read_table(run.paths.plan).columns
+    select(run)
+    train_augmented(run)
+    counts = json.loads(next((copy / "classifier" / "augmented").glob("*/seed_0/metrics.json")).read_text())["train_counts"]
+    assert counts == np.bincount(run.data.split("train").labels, minlength=len(counts)).tolist()

@@ -54,8 +54,13 @@ def class_deficits(train_labels: np.ndarray, classes: list, cfg) -> dict[int, in
     return fill_targets(counts, choose_classes(counts, classes, cfg.classes), cfg.target)
 
 
+PLAN_COLUMNS = ["file", "mask_file", "class", "label", "context_index", "source_image", "source_class",
+                "mask_source", "strength", "seed"]
+
+
 def make_plan(train_frame: pd.DataFrame, classes: list, deficits: dict[int, int], cfg) -> pd.DataFrame:
-    """One row per image to generate; deterministic in ``cfg.seed``.
+    """One row per image to generate (``PLAN_COLUMNS``; none when no class is short of its target);
+    deterministic in ``cfg.seed``.
 
     ``cfg.context_classes``: "all" (any training image gives the skin), "same" (only images of the
     class being generated: the new lesion keeps that class's body sites and skin), or class names.
@@ -88,7 +93,7 @@ def make_plan(train_frame: pd.DataFrame, classes: list, deficits: dict[int, int]
                          "mask_source": cfg.mask_source,
                          "strength": float(cfg.strength) if strengths is None else strengths[rng.integers(len(strengths))],
                          "seed": int(rng.integers(2**31))})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=PLAN_COLUMNS)
 
 
 def plan_masks(plan: pd.DataFrame, context_masks: np.ndarray | None, size: int, cfg) -> np.ndarray:
